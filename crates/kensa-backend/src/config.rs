@@ -1,0 +1,295 @@
+//! `kensa-backend` settings: flags, `KENSA_BACKEND_*` environment variables and an optional
+//! YAML config file, in that order of precedence, over built-in defaults. Option names follow
+//! Sensu's backend where Sensu has one (`state-dir`, `api-listen-address`, `agent-port`…).
+//!
+//! Process settings only: monitoring resources (checks, handlers…) live in the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "kensa-backend", version, about = "Kensa backend: REST API, agent sessions, scheduling and event processing")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seed a new store: namespace `default`, the cluster admin, the `agent` user, default roles.
+    Init(InitArgs),
+    /// Run the backend.
+    Start(StartArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Where the store is: shared by `init` and `start`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory for the embedded store and other state.
+    #[arg(long, env = "KENSA_BACKEND_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// `postgres://…` to use PostgreSQL; empty for the embedded SQLite store under state-dir.
+    #[arg(long, env = "KENSA_BACKEND_STORE_URL")]
+    pub store_url: Option<String>,
+    /// A YAML file with any of the options (kebab-case keys); flags and env win over it.
+    #[arg(short = 'c', long, env = "KENSA_BACKEND_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    #[arg(long, env = "KENSA_BACKEND_CLUSTER_ADMIN_USERNAME")]
+    pub cluster_admin_username: Option<String>,
+    #[arg(long, env = "KENSA_BACKEND_CLUSTER_ADMIN_PASSWORD", hide_env_values = true)]
+    pub cluster_admin_password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Exit 0 instead of failing when the store is already initialized.
+    #[arg(long, env = "KENSA_BACKEND_IGNORE_ALREADY_INITIALIZED")]
+    pub ignore_already_initialized: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Used to initialize an empty store on first start (as Sensu's container image does).
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// REST API address (default `[::]:8080`).
+    #[arg(long, env = "KENSA_BACKEND_API_LISTEN_ADDRESS")]
+    pub api_listen_address: Option<String>,
+    #[arg(long, env = "KENSA_BACKEND_AGENT_HOST")]
+    pub agent_host: Option<String>,
+    #[arg(long, env = "KENSA_BACKEND_AGENT_PORT")]
+    pub agent_port: Option<u16>,
+    #[arg(long, env = "KENSA_BACKEND_DASHBOARD_HOST")]
+    pub dashboard_host: Option<String>,
+    #[arg(long, env = "KENSA_BACKEND_DASHBOARD_PORT")]
+    pub dashboard_port: Option<u16>,
+    /// PEM certificate (chain) for HTTPS on the API and agent listeners.
+    #[arg(long, env = "KENSA_BACKEND_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, env = "KENSA_BACKEND_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    #[arg(long, env = "KENSA_BACKEND_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `nats://…` for the NATS JetStream queue; empty for the in-process queue.
+    #[arg(long, env = "KENSA_BACKEND_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "KENSA_BACKEND_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Largest accepted request body in bytes (default 512000).
+    #[arg(long, env = "KENSA_BACKEND_API_REQUEST_LIMIT")]
+    pub api_request_limit: Option<usize>,
+    /// Access token lifetime in seconds (default 300).
+    #[arg(long, env = "KENSA_BACKEND_ACCESS_TOKEN_EXPIRY")]
+    pub access_token_expiry: Option<u64>,
+    /// Refresh token lifetime in seconds (default 43200).
+    #[arg(long, env = "KENSA_BACKEND_REFRESH_TOKEN_EXPIRY")]
+    pub refresh_token_expiry: Option<u64>,
+}
+
+/// The config file: the same options, kebab-case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    store_url: Option<String>,
+    cluster_admin_username: Option<String>,
+    cluster_admin_password: Option<String>,
+    api_listen_address: Option<String>,
+    agent_host: Option<String>,
+    agent_port: Option<u16>,
+    dashboard_host: Option<String>,
+    dashboard_port: Option<u16>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    queue_url: Option<String>,
+    log_level: Option<String>,
+    api_request_limit: Option<usize>,
+    access_token_expiry: Option<u64>,
+    refresh_token_expiry: Option<u64>,
+}
+
+fn read_file_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    yaml_serde::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Which store to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Resolved settings for `start`.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub state_dir: PathBuf,
+    pub store: StoreLocation,
+    pub api_listen_address: SocketAddr,
+    pub agent_host: String,
+    pub agent_port: u16,
+    pub dashboard_host: String,
+    pub dashboard_port: u16,
+    pub tls: Option<TlsFiles>,
+    pub queue_url: Option<String>,
+    pub log_level: String,
+    pub api_request_limit: usize,
+    pub access_token_expiry: Duration,
+    pub refresh_token_expiry: Duration,
+    /// Set when the admin variables are given: `start` initializes an empty store with them.
+    pub bootstrap_admin: Option<AdminCredentials>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kensa";
+
+fn resolve_store(args: &StoreArgs, file: &FileConfig) -> (PathBuf, StoreLocation) {
+    let state_dir = args.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let url = args.store_url.clone().or(file.store_url.clone()).filter(|u| !u.is_empty());
+    let store = match url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => StoreLocation::Postgres(url),
+        Some(url) => StoreLocation::Sqlite(PathBuf::from(url.trim_start_matches("sqlite://"))),
+        None => StoreLocation::Sqlite(state_dir.join("kensa.db")),
+    };
+    (state_dir, store)
+}
+
+fn resolve_admin(args: &AdminArgs, file: &FileConfig) -> Option<AdminCredentials> {
+    let username = args.cluster_admin_username.clone().or(file.cluster_admin_username.clone())?;
+    let password = args.cluster_admin_password.clone().or(file.cluster_admin_password.clone())?;
+    Some(AdminCredentials { username, password })
+}
+
+impl InitArgs {
+    pub fn resolve(&self) -> anyhow::Result<(StoreLocation, AdminCredentials)> {
+        let file = read_file_config(self.store.config_file.as_deref())?;
+        let (_, store) = resolve_store(&self.store, &file);
+        let Some(admin) = resolve_admin(&self.admin, &file) else {
+            bail!("--cluster-admin-username and --cluster-admin-password (or KENSA_BACKEND_CLUSTER_ADMIN_USERNAME/_PASSWORD) are required");
+        };
+        Ok((store, admin))
+    }
+}
+
+impl StartArgs {
+    pub fn resolve(&self) -> anyhow::Result<BackendConfig> {
+        let file = read_file_config(self.store.config_file.as_deref())?;
+        let (state_dir, store) = resolve_store(&self.store, &file);
+        let api_listen_address = self
+            .api_listen_address
+            .clone()
+            .or(file.api_listen_address.clone())
+            .unwrap_or_else(|| "[::]:8080".to_owned());
+        let api_listen_address: SocketAddr = api_listen_address
+            .parse()
+            .with_context(|| format!("api-listen-address {api_listen_address:?} is not a host:port address"))?;
+        let cert_file = self.cert_file.clone().or(file.cert_file.clone());
+        let key_file = self.key_file.clone().or(file.key_file.clone());
+        let tls = match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                trusted_ca_file: self.trusted_ca_file.clone().or(file.trusted_ca_file.clone()),
+            }),
+            (None, None) => None,
+            _ => bail!("cert-file and key-file must be given together"),
+        };
+        let log_level = self.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".to_owned());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            bail!("log-level {log_level:?} must be one of error, warn, info, debug, trace");
+        }
+        Ok(BackendConfig {
+            state_dir,
+            store,
+            api_listen_address,
+            agent_host: self.agent_host.clone().or(file.agent_host.clone()).unwrap_or_else(|| "[::]".to_owned()),
+            agent_port: self.agent_port.or(file.agent_port).unwrap_or(8081),
+            dashboard_host: self.dashboard_host.clone().or(file.dashboard_host.clone()).unwrap_or_else(|| "[::]".to_owned()),
+            dashboard_port: self.dashboard_port.or(file.dashboard_port).unwrap_or(3000),
+            tls,
+            queue_url: self.queue_url.clone().or(file.queue_url.clone()).filter(|u| !u.is_empty()),
+            log_level,
+            api_request_limit: self.api_request_limit.or(file.api_request_limit).unwrap_or(512_000),
+            access_token_expiry: Duration::from_secs(self.access_token_expiry.or(file.access_token_expiry).unwrap_or(300)),
+            refresh_token_expiry: Duration::from_secs(
+                self.refresh_token_expiry.or(file.refresh_token_expiry).unwrap_or(12 * 3600),
+            ),
+            bootstrap_admin: resolve_admin(&self.admin, &file),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> StartArgs {
+        match Cli::parse_from(args).command {
+            Command::Start(start) => start,
+            other => panic!("expected start, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backend.yml");
+        std::fs::write(&file, "api-listen-address: 127.0.0.1:9000\nagent-port: 9001\nlog-level: debug\n").unwrap();
+        let file_arg = file.to_str().unwrap();
+
+        let from_file = parse(&["kensa-backend", "start", "-c", file_arg]).resolve().unwrap();
+        assert_eq!(from_file.api_listen_address.to_string(), "127.0.0.1:9000");
+        assert_eq!(from_file.agent_port, 9001);
+        assert_eq!(from_file.log_level, "debug");
+        assert_eq!(from_file.api_request_limit, 512_000);
+
+        let flagged = parse(&["kensa-backend", "start", "-c", file_arg, "--agent-port", "7000"]).resolve().unwrap();
+        assert_eq!(flagged.agent_port, 7000);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = parse(&["kensa-backend", "start", "--api-listen-address", "nonsense"]).resolve().unwrap_err();
+        assert!(err.to_string().contains("api-listen-address"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backend.yml");
+        std::fs::write(&file, "agent-prot: 1\n").unwrap();
+        let err = parse(&["kensa-backend", "start", "-c", file.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("agent-prot"), "{err:#}");
+    }
+}

@@ -1,0 +1,17 @@
+//! `kensa-backend` as a library: the services the binary assembles (see ARCHITECTURE.md), and
+//! [`testing::TestServer`] for end-to-end tests.
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod event_state;
+pub mod server;
+pub mod telemetry;
+pub mod testing;
+pub mod view;
+
+/// Store kind of login sessions (refresh tokens); never exposed through the API.
+pub const SESSIONS_KIND: &str = "kensa.sessions";
+/// Store kind of the backend's own settings (initialized marker, token signing key).
+pub const CONFIG_KIND: &str = "kensa.config";

@@ -1,0 +1,161 @@
+//! Assembling and running a backend: open the store, seed it if asked, load the config view,
+//! serve the API (plain or TLS) until the shutdown token fires, then stop in reverse order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kensa_store::Store;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiSettings, AppState};
+use crate::bootstrap;
+use crate::config::{BackendConfig, StoreLocation, TlsFiles};
+use crate::telemetry::Telemetry;
+use crate::view::ConfigView;
+
+pub async fn open_store(location: &StoreLocation) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(
+            kensa_store::sqlite::SqliteStore::open(path)
+                .await
+                .with_context(|| format!("opening the embedded store {}", path.display()))?,
+        ),
+        StoreLocation::Postgres(url) => {
+            Arc::new(kensa_store::postgres::PostgresStore::connect(url).await.context("connecting to PostgreSQL")?)
+        }
+    })
+}
+
+/// Runs the backend on an already-bound API listener until `shutdown` is cancelled.
+pub async fn run(config: BackendConfig, api_listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&config.store).await?;
+    if let Some(admin) = &config.bootstrap_admin {
+        match bootstrap::initialize(store.as_ref(), admin).await {
+            Ok(()) => tracing::info!(admin = %admin.username, "initialized the store"),
+            Err(bootstrap::InitError::AlreadyInitialized) => {}
+            Err(err) => return Err(err).context("initializing the store"),
+        }
+    }
+    if !bootstrap::is_initialized(store.as_ref()).await? {
+        anyhow::bail!(
+            "the store is not initialized: run `kensa-backend init` or set KENSA_BACKEND_CLUSTER_ADMIN_USERNAME and _PASSWORD"
+        );
+    }
+    let jwt_secret = bootstrap::jwt_secret(store.as_ref()).await.context("loading the token signing key")?;
+    let view = ConfigView::load(store.as_ref()).await.context("loading configuration")?;
+    let follower = tokio::spawn(view.clone().follow(store.clone(), shutdown.child_token()));
+
+    let state = AppState {
+        store: store.clone(),
+        view,
+        jwt_secret: Arc::new(jwt_secret),
+        settings: ApiSettings {
+            request_limit: config.api_request_limit,
+            access_token_expiry: config.access_token_expiry,
+            refresh_token_expiry: config.refresh_token_expiry,
+        },
+        telemetry: Arc::new(Telemetry::new()),
+    };
+    let app = api::router(state);
+    let address = api_listener.local_addr()?;
+    let stop = shutdown.clone();
+    match &config.tls {
+        None => {
+            tracing::info!(%address, "api listening (http)");
+            axum::serve(api_listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        }
+        Some(tls) => {
+            let acceptor = tls_acceptor(tls)?;
+            tracing::info!(%address, "api listening (https)");
+            let listener = TlsListener::spawn(api_listener, acceptor, shutdown.child_token());
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        }
+    }
+    shutdown.cancel();
+    let _ = follower.await;
+    tracing::info!("backend stopped");
+    Ok(())
+}
+
+fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    let cert_pem = std::fs::read(&files.cert_file).with_context(|| format!("reading cert-file {}", files.cert_file.display()))?;
+    let key_pem = std::fs::read(&files.key_file).with_context(|| format!("reading key-file {}", files.key_file.display()))?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cert-file {} is not PEM", files.cert_file.display()))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .with_context(|| format!("key-file {} is not PEM", files.key_file.display()))?
+        .with_context(|| format!("key-file {} holds no private key", files.key_file.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("cert-file and key-file do not form a usable certificate")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TLS listener for `axum::serve`: an accept task hands raw connections to per-connection
+/// handshake tasks, so one slow or broken client never stalls the others. Finished handshakes
+/// queue in a bounded channel (when it is full, handshakes wait: back-pressure, not loss).
+struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn spawn(listener: TcpListener, acceptor: TlsAcceptor, shutdown: CancellationToken) -> TlsListener {
+        let local_addr = listener.local_addr().expect("a bound listener has an address");
+        let (tx, ready) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(err)) => tracing::debug!(%peer, %err, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { ready, local_addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(pair) => pair,
+            // The accept task ended (shutdown): wait for graceful shutdown to stop serving.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}

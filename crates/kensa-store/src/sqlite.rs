@@ -1,0 +1,652 @@
+//! The embedded store: one SQLite file (the default under `--state-dir`), for a single backend
+//! process. SQLite allows one writer at a time, so every write goes through a dedicated pool of
+//! one connection and runs in a `BEGIN IMMEDIATE` transaction that allocates its revisions from
+//! the `store_revision` row, writes `resources` and appends to `changes` together; readers use a
+//! separate pool and, thanks to WAL, never wait for the writer. `wait_for_change` is woken by
+//! this process's own commits and polls the revision for anyone else writing the file.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use crate::sql::{self, RevisionSignal};
+use crate::{
+    Change, ChangeOp, Key, ListQuery, Page, Precondition, Result, Store, StoreError, Stored,
+};
+
+/// How long a statement waits for a lock held by another connection (another process, or a
+/// checkpoint) before failing with `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent readers. WAL readers do not block each other or the writer; a handful covers the
+/// API and the followers without one thread per request.
+const READER_CONNECTIONS: u32 = 4;
+
+pub struct SqliteStore {
+    /// Serves every read. Equal to `writer` for an in-memory database, which exists only
+    /// inside its one connection.
+    readers: SqlitePool,
+    /// The only connection that writes. Writers queue for it in the pool (in arrival order)
+    /// instead of spinning in SQLite's busy handler against each other.
+    writer: SqlitePool,
+    /// The newest committed revision this instance knows of; `wait_for_change` waits on it.
+    signal: RevisionSignal,
+    /// How often `wait_for_change` reads the revision itself when nothing woke it.
+    poll_interval: Duration,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directory if needed) the database file at `path` and
+    /// applies pending migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let subject = format!("sqlite database {}", path.display());
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            tokio::fs::create_dir_all(parent).await.map_err(|err| {
+                StoreError::Unavailable(format!("{subject}: creating {}: {err}", parent.display()))
+            })?;
+        }
+        // WAL lets readers run beside the writer. `synchronous = NORMAL` is the usual pairing:
+        // a commit survives a crash of the process and the file is never corrupted, but the
+        // last commits may be lost on power failure; a FULL fsync per event write is not worth it.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
+        // Migrate before any reader connects, so no reader sees a half-created schema.
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|err| sql::translate(&subject, err.into()))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READER_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
+        SqliteStore::from_pools(readers, writer).await
+    }
+
+    /// A private, empty database that lives as long as the store (for tests and tools). It is
+    /// one connection that never closes: an in-memory database disappears with its connection.
+    pub async fn open_in_memory() -> Result<SqliteStore> {
+        let subject = "in-memory sqlite database";
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(|err| sql::translate(&subject, err))?
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|err| sql::translate(&subject, err.into()))?;
+        SqliteStore::from_pools(pool.clone(), pool).await
+    }
+
+    async fn from_pools(readers: SqlitePool, writer: SqlitePool) -> Result<SqliteStore> {
+        let mut store = SqliteStore {
+            readers,
+            writer,
+            signal: RevisionSignal::new(0),
+            poll_interval: sql::DEFAULT_CHANGE_POLL_INTERVAL,
+        };
+        let current = store.revision().await?;
+        store.signal = RevisionSignal::new(current);
+        Ok(store)
+    }
+
+    /// Changes how often `wait_for_change` polls when nothing woke it (default 1 s). Tests set
+    /// it long to prove that wake-ups come from writes, not from polling.
+    pub fn with_change_poll_interval(mut self, interval: Duration) -> SqliteStore {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Takes the write lock: `BEGIN IMMEDIATE` acquires SQLite's write lock at once, so a
+    /// transaction never reads under a shared lock and then fails to upgrade it (which busy
+    /// waiting cannot resolve) if another process writes the file.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|err| sql::translate(&"begin write", err))
+    }
+
+    /// Commits `outcome`'s transaction (or rolls it back on error) and wakes waiters with the
+    /// last revision it wrote.
+    async fn finish<T>(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+        outcome: Result<Written<T>>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(written) => {
+                tx.commit()
+                    .await
+                    .map_err(|err| sql::translate(&"commit", err))?;
+                if let Some(revision) = written.last_revision {
+                    self.signal.observe(revision);
+                }
+                Ok(written.value)
+            }
+            Err(err) => {
+                // Explicit, so the writer connection is clean before the next writer gets it;
+                // a failed rollback is superseded by `err` and sqlx discards the connection.
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+}
+
+/// What a write transaction produced, and the last revision it allocated (`None`: it changed
+/// nothing, so there is nothing to wake anyone for).
+struct Written<T> {
+    value: T,
+    last_revision: Option<i64>,
+}
+
+/// Allocates `count` consecutive revisions and returns the first. Runs inside the write
+/// transaction, so a rollback returns them and the sequence stays dense.
+async fn allocate_revisions(conn: &mut SqliteConnection, count: i64) -> Result<i64> {
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE store_revision SET revision = revision + ? WHERE id = 1 RETURNING revision",
+    )
+    .bind(count)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(&"allocate revision", err))?;
+    Ok(last - count + 1)
+}
+
+async fn current_revision_of(conn: &mut SqliteConnection, key: &Key) -> Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT revision FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+    )
+    .bind(&key.kind)
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(key, err))
+}
+
+/// Writes the row and its change-feed entry at `revision`.
+async fn upsert(
+    conn: &mut SqliteConnection,
+    key: &Key,
+    value_text: &str,
+    revision: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO resources (kind, namespace, name, value, revision) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (kind, namespace, name) DO UPDATE SET value = excluded.value, revision = excluded.revision",
+    )
+    .bind(&key.kind)
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(value_text)
+    .bind(revision)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(key, err))?;
+    record_change(conn, revision, ChangeOp::Put, key, Some(value_text)).await
+}
+
+async fn record_change(
+    conn: &mut SqliteConnection,
+    revision: i64,
+    op: ChangeOp,
+    key: &Key,
+    value_text: Option<&str>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO changes (revision, op, kind, namespace, name, value) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(revision)
+        .bind(sql::op_text(op))
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(value_text)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(key, err))?;
+    Ok(())
+}
+
+async fn put_in(
+    conn: &mut SqliteConnection,
+    key: &Key,
+    value_text: &str,
+    precondition: Precondition,
+) -> Result<Written<i64>> {
+    let current = current_revision_of(conn, key).await?;
+    sql::check_precondition(key, current, precondition)?;
+    let revision = allocate_revisions(conn, 1).await?;
+    upsert(conn, key, value_text, revision).await?;
+    Ok(Written {
+        value: revision,
+        last_revision: Some(revision),
+    })
+}
+
+async fn create_in(
+    conn: &mut SqliteConnection,
+    key: &Key,
+    value_text: &str,
+) -> Result<Written<i64>> {
+    if current_revision_of(conn, key).await?.is_some() {
+        return Err(StoreError::AlreadyExists(key.to_string()));
+    }
+    let revision = allocate_revisions(conn, 1).await?;
+    upsert(conn, key, value_text, revision).await?;
+    Ok(Written {
+        value: revision,
+        last_revision: Some(revision),
+    })
+}
+
+async fn delete_in(
+    conn: &mut SqliteConnection,
+    key: &Key,
+    precondition: Precondition,
+) -> Result<Written<()>> {
+    let current = current_revision_of(conn, key).await?;
+    if current.is_none() {
+        return Err(StoreError::NotFound(key.to_string()));
+    }
+    sql::check_precondition(key, current, precondition)?;
+    let revision = allocate_revisions(conn, 1).await?;
+    sqlx::query("DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?")
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(key, err))?;
+    record_change(conn, revision, ChangeOp::Delete, key, None).await?;
+    Ok(Written {
+        value: (),
+        last_revision: Some(revision),
+    })
+}
+
+/// Appends `AND name >= prefix [AND name < successor]`: the index-friendly exact prefix range.
+fn push_name_prefix(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str) {
+    query.push(" AND name >= ").push_bind(prefix.to_owned());
+    if let Some(upper) = sql::prefix_upper_bound(prefix) {
+        query.push(" AND name < ").push_bind(upper);
+    }
+}
+
+async fn delete_prefix_in(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    namespace: &str,
+    name_prefix: &str,
+) -> Result<Written<u64>> {
+    let subject = format!("{kind} in {namespace:?} with prefix {name_prefix:?}");
+    // Under the write lock nothing else changes `resources`, so the rows logged here are
+    // exactly the rows deleted below; each gets its own revision, in name order, after `base`.
+    let base: i64 = sqlx::query_scalar("SELECT revision FROM store_revision WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(&subject, err))?;
+    let mut log = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO changes (revision, op, kind, namespace, name, value) \
+         SELECT ",
+    );
+    log.push_bind(base)
+        .push(" + ROW_NUMBER() OVER (ORDER BY name), 'delete', kind, namespace, name, NULL FROM resources WHERE kind = ")
+        .push_bind(kind.to_owned())
+        .push(" AND namespace = ")
+        .push_bind(namespace.to_owned());
+    push_name_prefix(&mut log, name_prefix);
+    let logged = log
+        .build()
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(&subject, err))?
+        .rows_affected();
+    if logged == 0 {
+        return Ok(Written {
+            value: 0,
+            last_revision: None,
+        });
+    }
+    let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM resources WHERE kind = ");
+    delete
+        .push_bind(kind.to_owned())
+        .push(" AND namespace = ")
+        .push_bind(namespace.to_owned());
+    push_name_prefix(&mut delete, name_prefix);
+    let deleted = delete
+        .build()
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(&subject, err))?
+        .rows_affected();
+    if deleted != logged {
+        return Err(StoreError::Internal(format!(
+            "{subject}: logged {logged} deletions but deleted {deleted} rows"
+        )));
+    }
+    let count = i64::try_from(deleted)
+        .map_err(|_| StoreError::Internal(format!("{subject}: too many rows")))?;
+    let first = allocate_revisions(conn, count).await?;
+    debug_assert_eq!(first, base + 1);
+    Ok(Written {
+        value: deleted,
+        last_revision: Some(base + count),
+    })
+}
+
+async fn put_all_in(conn: &mut SqliteConnection, items: &[(Key, String)]) -> Result<Written<()>> {
+    let count = i64::try_from(items.len())
+        .map_err(|_| StoreError::Internal("put_all: too many items".to_owned()))?;
+    let first = allocate_revisions(conn, count).await?;
+    for (revision, (key, value_text)) in (first..).zip(items) {
+        upsert(conn, key, value_text, revision).await?;
+    }
+    Ok(Written {
+        value: (),
+        last_revision: Some(first + count - 1),
+    })
+}
+
+fn stored_from_row(row: &SqliteRow) -> Result<Stored> {
+    let field = |err| sql::translate(&"resources row", err);
+    let key = Key {
+        kind: row.try_get("kind").map_err(field)?,
+        namespace: row.try_get("namespace").map_err(field)?,
+        name: row.try_get("name").map_err(field)?,
+    };
+    let value = sql::decode_value(&key, row.try_get("value").map_err(field)?)?;
+    Ok(Stored {
+        value,
+        revision: row.try_get("revision").map_err(field)?,
+        key,
+    })
+}
+
+fn change_from_row(row: &SqliteRow) -> Result<Change> {
+    let field = |err| sql::translate(&"changes row", err);
+    let key = Key {
+        kind: row.try_get("kind").map_err(field)?,
+        namespace: row.try_get("namespace").map_err(field)?,
+        name: row.try_get("name").map_err(field)?,
+    };
+    let value = match row.try_get::<Option<&str>, _>("value").map_err(field)? {
+        Some(text) => Some(sql::decode_value(&key, text)?),
+        None => None,
+    };
+    Ok(Change {
+        revision: row.try_get("revision").map_err(field)?,
+        op: sql::parse_op(row.try_get("op").map_err(field)?)?,
+        key,
+        value,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &Key) -> Result<Option<Stored>> {
+        let row = sqlx::query(
+            "SELECT kind, namespace, name, value, revision FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+        )
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(|err| sql::translate(key, err))?;
+        row.as_ref().map(stored_from_row).transpose()
+    }
+
+    async fn create(&self, key: &Key, value: &Value) -> Result<i64> {
+        let value_text = sql::encode_value(value);
+        let mut tx = self.begin_write().await?;
+        let outcome = create_in(&mut tx, key, &value_text).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn put(&self, key: &Key, value: &Value, precondition: Precondition) -> Result<i64> {
+        let value_text = sql::encode_value(value);
+        let mut tx = self.begin_write().await?;
+        let outcome = put_in(&mut tx, key, &value_text, precondition).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn delete(&self, key: &Key, precondition: Precondition) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let outcome = delete_in(&mut tx, key, precondition).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn delete_prefix(&self, kind: &str, namespace: &str, name_prefix: &str) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let outcome = delete_prefix_in(&mut tx, kind, namespace, name_prefix).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page> {
+        let page_size = sql::page_size(query.limit);
+        let after = query
+            .continue_token
+            .as_deref()
+            .map(sql::decode_continue_token)
+            .transpose()?;
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "SELECT kind, namespace, name, value, revision FROM resources WHERE kind = ",
+        );
+        select.push_bind(query.kind.clone());
+        if let Some(namespace) = &query.namespace {
+            select
+                .push(" AND namespace = ")
+                .push_bind(namespace.clone());
+        }
+        if let Some(prefix) = query
+            .name_prefix
+            .as_deref()
+            .filter(|prefix| !prefix.is_empty())
+        {
+            push_name_prefix(&mut select, prefix);
+        }
+        if let Some((namespace, name)) = after {
+            select
+                .push(" AND (namespace, name) > (")
+                .push_bind(namespace)
+                .push(", ")
+                .push_bind(name)
+                .push(")");
+        }
+        // One row more than the page tells whether another page follows.
+        select
+            .push(" ORDER BY namespace, name LIMIT ")
+            .push_bind(sql::sql_limit(page_size.saturating_add(1)));
+        let rows = select
+            .build()
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|err| sql::translate(&query.kind, err))?;
+        let items = rows
+            .iter()
+            .take(page_size)
+            .map(stored_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let continue_token = match items.last() {
+            Some(last) if rows.len() > page_size => Some(sql::encode_continue_token(
+                &last.key.namespace,
+                &last.key.name,
+            )),
+            _ => None,
+        };
+        Ok(Page {
+            items,
+            continue_token,
+        })
+    }
+
+    async fn count_in_namespace(&self, namespace: &str) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resources WHERE namespace = ?")
+            .bind(namespace)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(|err| sql::translate(&format!("namespace {namespace:?}"), err))?;
+        Ok(count.unsigned_abs())
+    }
+
+    async fn put_all(&self, items: &[(Key, Value)]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<(Key, String)> = items
+            .iter()
+            .map(|(key, value)| (key.clone(), sql::encode_value(value)))
+            .collect();
+        let mut tx = self.begin_write().await?;
+        let outcome = put_all_in(&mut tx, &encoded).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn revision(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT revision FROM store_revision WHERE id = 1")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(|err| sql::translate(&"revision", err))
+    }
+
+    async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
+        let rows = sqlx::query(
+            "SELECT revision, op, kind, namespace, name, value FROM changes WHERE revision > ? ORDER BY revision LIMIT ?",
+        )
+        .bind(after)
+        .bind(sql::sql_limit(sql::page_size(limit)))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|err| sql::translate(&"change feed", err))?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn prune_changes(&self, before_revision: i64) -> Result<u64> {
+        let result = sqlx::query("DELETE FROM changes WHERE revision < ?")
+            .bind(before_revision)
+            .execute(&self.writer)
+            .await
+            .map_err(|err| sql::translate(&"prune change feed", err))?;
+        Ok(result.rows_affected())
+    }
+
+    async fn wait_for_change(&self, after: i64) {
+        self.signal
+            .wait_past(after, self.poll_interval, || self.revision())
+            .await;
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.readers)
+            .await
+            .map_err(|err| sql::translate(&"ping", err))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::conformance::Fixture;
+
+    /// A fresh store in its own temporary directory, removed after the case.
+    async fn fixture() -> Option<Fixture> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("state/kensa.db"))
+            .await
+            .expect("open sqlite store")
+            .with_change_poll_interval(crate::conformance::LONG_POLL_INTERVAL);
+        Some(Fixture::new(Arc::new(store), async move { drop(dir) }))
+    }
+
+    crate::store_conformance_tests!(fixture);
+
+    /// The same suite on the in-memory variant, whose reads and writes share one connection.
+    mod in_memory {
+        use super::*;
+
+        async fn fixture() -> Option<Fixture> {
+            let store = SqliteStore::open_in_memory()
+                .await
+                .expect("open in-memory store")
+                .with_change_poll_interval(crate::conformance::LONG_POLL_INTERVAL);
+            Some(Fixture::new(Arc::new(store), async {}))
+        }
+
+        crate::store_conformance_tests!(fixture);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_resources_and_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kensa.db");
+        let key = Key::new("checks", "default", "web");
+        let revision = {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store
+                .create(&key, &serde_json::json!({"command": "true"}))
+                .await
+                .unwrap()
+        };
+        let store = SqliteStore::open(&path).await.unwrap();
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.readers)
+            .await
+            .unwrap();
+        assert_eq!(journal_mode, "wal");
+        assert_eq!(store.revision().await.unwrap(), revision);
+        assert_eq!(store.get(&key).await.unwrap().unwrap().revision, revision);
+        assert_eq!(
+            store
+                .put(&key, &serde_json::json!({}), Precondition::None)
+                .await
+                .unwrap(),
+            revision + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_passes_a_round_trip() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let key = Key::new("checks", "default", "web");
+        let revision = store
+            .create(&key, &serde_json::json!({"b": 1, "a": 2}))
+            .await
+            .unwrap();
+        let stored = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(stored.revision, revision);
+        assert_eq!(stored.value.to_string(), r#"{"b":1,"a":2}"#);
+        assert_eq!(store.changes_since(0, 0).await.unwrap().len(), 1);
+    }
+}
