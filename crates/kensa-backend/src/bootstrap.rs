@@ -16,8 +16,18 @@ use crate::CONFIG_KIND;
 pub const AGENT_USERNAME: &str = "agent";
 pub const AGENT_PASSWORD: &str = "P@ssw0rd!";
 
-const NAMESPACED_CONFIG: &[&str] =
-    &["assets", "checks", "entities", "events", "filters", "handlers", "hooks", "mutators", "silenced", "pipelines"];
+const NAMESPACED_CONFIG: &[&str] = &[
+    "assets",
+    "checks",
+    "entities",
+    "events",
+    "filters",
+    "handlers",
+    "hooks",
+    "mutators",
+    "silenced",
+    "pipelines",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -42,7 +52,10 @@ fn rule(verbs: &[&str], resources: &[&str]) -> Value {
 }
 
 fn cluster_role(name: &str, rules: Vec<Value>) -> (Kind, Value) {
-    (Kind::ClusterRole, json!({"metadata": {"name": name}, "rules": rules}))
+    (
+        Kind::ClusterRole,
+        json!({"metadata": {"name": name}, "rules": rules}),
+    )
 }
 
 fn cluster_role_binding(name: &str, role: &str, group: &str) -> (Kind, Value) {
@@ -58,16 +71,35 @@ fn cluster_role_binding(name: &str, role: &str, group: &str) -> (Kind, Value) {
 
 /// The default RBAC objects, as Sensu seeds them.
 pub fn default_rbac() -> Vec<(Kind, Value)> {
-    let with_rbac: Vec<&str> = NAMESPACED_CONFIG.iter().copied().chain(["roles", "rolebindings"]).collect();
+    let with_rbac: Vec<&str> = NAMESPACED_CONFIG
+        .iter()
+        .copied()
+        .chain(["roles", "rolebindings"])
+        .collect();
     let mut viewable: Vec<&str> = NAMESPACED_CONFIG.to_vec();
     viewable.push("namespaces");
     vec![
         cluster_role("cluster-admin", vec![rule(&["*"], &["*"])]),
-        cluster_role("admin", vec![rule(&["*"], &with_rbac), rule(&["get", "list"], &["namespaces"])]),
-        cluster_role("edit", vec![rule(&["*"], NAMESPACED_CONFIG), rule(&["get", "list"], &["namespaces"])]),
+        cluster_role(
+            "admin",
+            vec![
+                rule(&["*"], &with_rbac),
+                rule(&["get", "list"], &["namespaces"]),
+            ],
+        ),
+        cluster_role(
+            "edit",
+            vec![
+                rule(&["*"], NAMESPACED_CONFIG),
+                rule(&["get", "list"], &["namespaces"]),
+            ],
+        ),
         cluster_role("view", vec![rule(&["get", "list"], &viewable)]),
         cluster_role("system:agent", vec![rule(&["*"], &["events"])]),
-        cluster_role("system:user", vec![rule(&["get", "update"], &["localselfuser"])]),
+        cluster_role(
+            "system:user",
+            vec![rule(&["get", "update"], &["localselfuser"])],
+        ),
         cluster_role_binding("cluster-admin", "cluster-admin", "cluster-admins"),
         cluster_role_binding("system:agent", "system:agent", "system:agents"),
         cluster_role_binding("system:user", "system:user", "system:users"),
@@ -81,7 +113,9 @@ pub async fn initialize(store: &dyn Store, admin: &AdminCredentials) -> Result<(
         return Err(InitError::AlreadyInitialized);
     }
     if admin.password.len() < 8 {
-        return Err(InitError::InvalidAdmin("password must be at least 8 characters".into()));
+        return Err(InitError::InvalidAdmin(
+            "password must be at least 8 characters".into(),
+        ));
     }
     let admin_hash = password::hash_blocking(admin.password.clone()).await;
     let agent_hash = password::hash_blocking(AGENT_PASSWORD.to_owned()).await;
@@ -99,11 +133,16 @@ pub async fn initialize(store: &dyn Store, admin: &AdminCredentials) -> Result<(
     resources.extend(default_rbac());
     let mut items = Vec::with_capacity(resources.len() + 1);
     for (kind, value) in resources {
-        let value = kind.normalize(value).map_err(|err| InitError::InvalidAdmin(format!("{kind}: {err}")))?;
+        let value = kind
+            .normalize(value)
+            .map_err(|err| InitError::InvalidAdmin(format!("{kind}: {err}")))?;
         let name = kind.name_of(&value).expect("seed resources are named");
         items.push((Key::new(kind.resource(), "", name), value));
     }
-    items.push((initialized_key(), json!({"initialized_at": crate::api::now_unix()})));
+    items.push((
+        initialized_key(),
+        json!({"initialized_at": crate::api::now_unix()}),
+    ));
     store.put_all(&items).await?;
     Ok(())
 }
@@ -117,12 +156,18 @@ pub async fn jwt_secret(store: &dyn Store) -> Result<Vec<u8>, StoreError> {
     let key = Key::new(CONFIG_KIND, "", "jwt-secret");
     let mut fresh = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut fresh);
-    match store.create(&key, &json!({"secret": STANDARD.encode(fresh)})).await {
+    match store
+        .create(&key, &json!({"secret": STANDARD.encode(fresh)}))
+        .await
+    {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
         Err(err) => return Err(err),
     }
     // Read back: another backend may have created it first.
-    let stored = store.get(&key).await?.ok_or_else(|| StoreError::Internal("jwt secret vanished".into()))?;
+    let stored = store
+        .get(&key)
+        .await?
+        .ok_or_else(|| StoreError::Internal("jwt secret vanished".into()))?;
     STANDARD
         .decode(stored.value["secret"].as_str().unwrap_or_default())
         .map_err(|_| StoreError::Internal("stored jwt secret is not base64".into()))

@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "kensa-backend", version, about = "Kensa backend: REST API, agent sessions, scheduling and event processing")]
+#[command(
+    name = "kensa-backend",
+    version,
+    about = "Kensa backend: REST API, agent sessions, scheduling and event processing"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,7 +28,7 @@ pub enum Command {
     /// Seed a new store: namespace `default`, the cluster admin, the `agent` user, default roles.
     Init(InitArgs),
     /// Run the backend.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Print the version.
     Version,
 }
@@ -47,7 +51,11 @@ pub struct StoreArgs {
 pub struct AdminArgs {
     #[arg(long, env = "KENSA_BACKEND_CLUSTER_ADMIN_USERNAME")]
     pub cluster_admin_username: Option<String>,
-    #[arg(long, env = "KENSA_BACKEND_CLUSTER_ADMIN_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KENSA_BACKEND_CLUSTER_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
     pub cluster_admin_password: Option<String>,
 }
 
@@ -128,8 +136,11 @@ struct FileConfig {
 }
 
 fn read_file_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-    let Some(path) = path else { return Ok(FileConfig::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
@@ -179,10 +190,20 @@ pub struct TlsFiles {
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kensa";
 
 fn resolve_store(args: &StoreArgs, file: &FileConfig) -> (PathBuf, StoreLocation) {
-    let state_dir = args.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    let url = args.store_url.clone().or(file.store_url.clone()).filter(|u| !u.is_empty());
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let url = args
+        .store_url
+        .clone()
+        .or(file.store_url.clone())
+        .filter(|u| !u.is_empty());
     let store = match url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => StoreLocation::Postgres(url),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            StoreLocation::Postgres(url)
+        }
         Some(url) => StoreLocation::Sqlite(PathBuf::from(url.trim_start_matches("sqlite://"))),
         None => StoreLocation::Sqlite(state_dir.join("kensa.db")),
     };
@@ -190,8 +211,14 @@ fn resolve_store(args: &StoreArgs, file: &FileConfig) -> (PathBuf, StoreLocation
 }
 
 fn resolve_admin(args: &AdminArgs, file: &FileConfig) -> Option<AdminCredentials> {
-    let username = args.cluster_admin_username.clone().or(file.cluster_admin_username.clone())?;
-    let password = args.cluster_admin_password.clone().or(file.cluster_admin_password.clone())?;
+    let username = args
+        .cluster_admin_username
+        .clone()
+        .or(file.cluster_admin_username.clone())?;
+    let password = args
+        .cluster_admin_password
+        .clone()
+        .or(file.cluster_admin_password.clone())?;
     Some(AdminCredentials { username, password })
 }
 
@@ -215,21 +242,28 @@ impl StartArgs {
             .clone()
             .or(file.api_listen_address.clone())
             .unwrap_or_else(|| "[::]:8080".to_owned());
-        let api_listen_address: SocketAddr = api_listen_address
-            .parse()
-            .with_context(|| format!("api-listen-address {api_listen_address:?} is not a host:port address"))?;
+        let api_listen_address: SocketAddr = api_listen_address.parse().with_context(|| {
+            format!("api-listen-address {api_listen_address:?} is not a host:port address")
+        })?;
         let cert_file = self.cert_file.clone().or(file.cert_file.clone());
         let key_file = self.key_file.clone().or(file.key_file.clone());
         let tls = match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(TlsFiles {
                 cert_file,
                 key_file,
-                trusted_ca_file: self.trusted_ca_file.clone().or(file.trusted_ca_file.clone()),
+                trusted_ca_file: self
+                    .trusted_ca_file
+                    .clone()
+                    .or(file.trusted_ca_file.clone()),
             }),
             (None, None) => None,
             _ => bail!("cert-file and key-file must be given together"),
         };
-        let log_level = self.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".to_owned());
+        let log_level = self
+            .log_level
+            .clone()
+            .or(file.log_level.clone())
+            .unwrap_or_else(|| "info".to_owned());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             bail!("log-level {log_level:?} must be one of error, warn, info, debug, trace");
         }
@@ -237,17 +271,38 @@ impl StartArgs {
             state_dir,
             store,
             api_listen_address,
-            agent_host: self.agent_host.clone().or(file.agent_host.clone()).unwrap_or_else(|| "[::]".to_owned()),
+            agent_host: self
+                .agent_host
+                .clone()
+                .or(file.agent_host.clone())
+                .unwrap_or_else(|| "[::]".to_owned()),
             agent_port: self.agent_port.or(file.agent_port).unwrap_or(8081),
-            dashboard_host: self.dashboard_host.clone().or(file.dashboard_host.clone()).unwrap_or_else(|| "[::]".to_owned()),
+            dashboard_host: self
+                .dashboard_host
+                .clone()
+                .or(file.dashboard_host.clone())
+                .unwrap_or_else(|| "[::]".to_owned()),
             dashboard_port: self.dashboard_port.or(file.dashboard_port).unwrap_or(3000),
             tls,
-            queue_url: self.queue_url.clone().or(file.queue_url.clone()).filter(|u| !u.is_empty()),
+            queue_url: self
+                .queue_url
+                .clone()
+                .or(file.queue_url.clone())
+                .filter(|u| !u.is_empty()),
             log_level,
-            api_request_limit: self.api_request_limit.or(file.api_request_limit).unwrap_or(512_000),
-            access_token_expiry: Duration::from_secs(self.access_token_expiry.or(file.access_token_expiry).unwrap_or(300)),
+            api_request_limit: self
+                .api_request_limit
+                .or(file.api_request_limit)
+                .unwrap_or(512_000),
+            access_token_expiry: Duration::from_secs(
+                self.access_token_expiry
+                    .or(file.access_token_expiry)
+                    .unwrap_or(300),
+            ),
             refresh_token_expiry: Duration::from_secs(
-                self.refresh_token_expiry.or(file.refresh_token_expiry).unwrap_or(12 * 3600),
+                self.refresh_token_expiry
+                    .or(file.refresh_token_expiry)
+                    .unwrap_or(12 * 3600),
             ),
             bootstrap_admin: resolve_admin(&self.admin, &file),
         })
@@ -260,7 +315,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> StartArgs {
         match Cli::parse_from(args).command {
-            Command::Start(start) => start,
+            Command::Start(start) => *start,
             other => panic!("expected start, got {other:?}"),
         }
     }
@@ -269,27 +324,46 @@ mod tests {
     fn flags_beat_file_and_file_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("backend.yml");
-        std::fs::write(&file, "api-listen-address: 127.0.0.1:9000\nagent-port: 9001\nlog-level: debug\n").unwrap();
+        std::fs::write(
+            &file,
+            "api-listen-address: 127.0.0.1:9000\nagent-port: 9001\nlog-level: debug\n",
+        )
+        .unwrap();
         let file_arg = file.to_str().unwrap();
 
-        let from_file = parse(&["kensa-backend", "start", "-c", file_arg]).resolve().unwrap();
+        let from_file = parse(&["kensa-backend", "start", "-c", file_arg])
+            .resolve()
+            .unwrap();
         assert_eq!(from_file.api_listen_address.to_string(), "127.0.0.1:9000");
         assert_eq!(from_file.agent_port, 9001);
         assert_eq!(from_file.log_level, "debug");
         assert_eq!(from_file.api_request_limit, 512_000);
 
-        let flagged = parse(&["kensa-backend", "start", "-c", file_arg, "--agent-port", "7000"]).resolve().unwrap();
+        let flagged = parse(&[
+            "kensa-backend",
+            "start",
+            "-c",
+            file_arg,
+            "--agent-port",
+            "7000",
+        ])
+        .resolve()
+        .unwrap();
         assert_eq!(flagged.agent_port, 7000);
     }
 
     #[test]
     fn bad_settings_are_named() {
-        let err = parse(&["kensa-backend", "start", "--api-listen-address", "nonsense"]).resolve().unwrap_err();
+        let err = parse(&["kensa-backend", "start", "--api-listen-address", "nonsense"])
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("api-listen-address"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("backend.yml");
         std::fs::write(&file, "agent-prot: 1\n").unwrap();
-        let err = parse(&["kensa-backend", "start", "-c", file.to_str().unwrap()]).resolve().unwrap_err();
+        let err = parse(&["kensa-backend", "start", "-c", file.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(format!("{err:#}").contains("agent-prot"), "{err:#}");
     }
 }

@@ -5,7 +5,6 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
-pub mod event_state;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

@@ -7,9 +7,13 @@ use kensa_backend::{bootstrap, server};
 use tokio_util::sync::CancellationToken;
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KENSA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KENSA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 #[tokio::main]
@@ -26,10 +30,15 @@ async fn main() -> anyhow::Result<()> {
             let store = server::open_store(&location).await?;
             match bootstrap::initialize(store.as_ref(), &admin).await {
                 Ok(()) => {
-                    println!("initialized: namespace default, cluster admin {:?}, user agent", admin.username);
+                    println!(
+                        "initialized: namespace default, cluster admin {:?}, user agent",
+                        admin.username
+                    );
                     Ok(())
                 }
-                Err(bootstrap::InitError::AlreadyInitialized) if args.ignore_already_initialized => {
+                Err(bootstrap::InitError::AlreadyInitialized)
+                    if args.ignore_already_initialized =>
+                {
                     println!("already initialized");
                     Ok(())
                 }
@@ -41,7 +50,9 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&config.log_level);
             let listener = tokio::net::TcpListener::bind(config.api_listen_address)
                 .await
-                .with_context(|| format!("binding api-listen-address {}", config.api_listen_address))?;
+                .with_context(|| {
+                    format!("binding api-listen-address {}", config.api_listen_address)
+                })?;
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -55,7 +66,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

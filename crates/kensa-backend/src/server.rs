@@ -25,14 +25,20 @@ pub async fn open_store(location: &StoreLocation) -> anyhow::Result<Arc<dyn Stor
                 .await
                 .with_context(|| format!("opening the embedded store {}", path.display()))?,
         ),
-        StoreLocation::Postgres(url) => {
-            Arc::new(kensa_store::postgres::PostgresStore::connect(url).await.context("connecting to PostgreSQL")?)
-        }
+        StoreLocation::Postgres(url) => Arc::new(
+            kensa_store::postgres::PostgresStore::connect(url)
+                .await
+                .context("connecting to PostgreSQL")?,
+        ),
     })
 }
 
 /// Runs the backend on an already-bound API listener until `shutdown` is cancelled.
-pub async fn run(config: BackendConfig, api_listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: BackendConfig,
+    api_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = open_store(&config.store).await?;
     if let Some(admin) = &config.bootstrap_admin {
         match bootstrap::initialize(store.as_ref(), admin).await {
@@ -46,9 +52,14 @@ pub async fn run(config: BackendConfig, api_listener: TcpListener, shutdown: Can
             "the store is not initialized: run `kensa-backend init` or set KENSA_BACKEND_CLUSTER_ADMIN_USERNAME and _PASSWORD"
         );
     }
-    let jwt_secret = bootstrap::jwt_secret(store.as_ref()).await.context("loading the token signing key")?;
-    let view = ConfigView::load(store.as_ref()).await.context("loading configuration")?;
+    let jwt_secret = bootstrap::jwt_secret(store.as_ref())
+        .await
+        .context("loading the token signing key")?;
+    let view = ConfigView::load(store.as_ref())
+        .await
+        .context("loading configuration")?;
     let follower = tokio::spawn(view.clone().follow(store.clone(), shutdown.child_token()));
+    let pruner = tokio::spawn(prune_change_feed(store.clone(), shutdown.child_token()));
 
     let state = AppState {
         store: store.clone(),
@@ -67,35 +78,69 @@ pub async fn run(config: BackendConfig, api_listener: TcpListener, shutdown: Can
     match &config.tls {
         None => {
             tracing::info!(%address, "api listening (http)");
-            axum::serve(api_listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await?;
         }
         Some(tls) => {
             let acceptor = tls_acceptor(tls)?;
             tracing::info!(%address, "api listening (https)");
             let listener = TlsListener::spawn(api_listener, acceptor, shutdown.child_token());
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await?;
         }
     }
     shutdown.cancel();
     let _ = follower.await;
+    let _ = pruner.await;
     tracing::info!("backend stopped");
     Ok(())
 }
 
+/// How many change-feed entries are kept: enough for followers that lag by minutes; one that
+/// falls further behind reloads its view from the store.
+const CHANGE_FEED_RETAINED: i64 = 100_000;
+
+/// Trims the change feed once a minute so it does not grow without bound.
+async fn prune_change_feed(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = async {
+            let revision = store.revision().await?;
+            store.prune_changes(revision - CHANGE_FEED_RETAINED).await
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "pruned the change feed"),
+            Err(err) => tracing::warn!(%err, "could not prune the change feed"),
+        }
+    }
+}
+
 fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    let cert_pem = std::fs::read(&files.cert_file).with_context(|| format!("reading cert-file {}", files.cert_file.display()))?;
-    let key_pem = std::fs::read(&files.key_file).with_context(|| format!("reading key-file {}", files.key_file.display()))?;
+    let cert_pem = std::fs::read(&files.cert_file)
+        .with_context(|| format!("reading cert-file {}", files.cert_file.display()))?;
+    let key_pem = std::fs::read(&files.key_file)
+        .with_context(|| format!("reading key-file {}", files.key_file.display()))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("cert-file {} is not PEM", files.cert_file.display()))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .with_context(|| format!("key-file {} is not PEM", files.key_file.display()))?
         .with_context(|| format!("key-file {} holds no private key", files.key_file.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("cert-file and key-file do not form a usable certificate")?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("cert-file and key-file do not form a usable certificate")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -108,8 +153,14 @@ struct TlsListener {
 }
 
 impl TlsListener {
-    fn spawn(listener: TcpListener, acceptor: TlsAcceptor, shutdown: CancellationToken) -> TlsListener {
-        let local_addr = listener.local_addr().expect("a bound listener has an address");
+    fn spawn(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        shutdown: CancellationToken,
+    ) -> TlsListener {
+        let local_addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let (tx, ready) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -128,7 +179,10 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    );
                     match handshake.await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

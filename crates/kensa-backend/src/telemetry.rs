@@ -28,21 +28,44 @@ impl Telemetry {
     pub fn new() -> Telemetry {
         let mut registry = Registry::with_prefix("kensa");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests answered, by method and status class", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method and status class",
+            http_requests.clone(),
+        );
         let logins = Counter::default();
-        registry.register("auth_logins", "Access tokens issued (logins and refreshes)", logins.clone());
+        registry.register(
+            "auth_logins",
+            "Access tokens issued (logins and refreshes)",
+            logins.clone(),
+        );
         let auth_failures = Counter::default();
-        registry.register("auth_failures", "Failed password logins", auth_failures.clone());
+        registry.register(
+            "auth_failures",
+            "Failed password logins",
+            auth_failures.clone(),
+        );
         let rbac_denials = Counter::default();
-        registry.register("rbac_denials", "API requests refused by RBAC", rbac_denials.clone());
-        Telemetry { registry: Mutex::new(registry), http_requests, logins, auth_failures, rbac_denials }
+        registry.register(
+            "rbac_denials",
+            "API requests refused by RBAC",
+            rbac_denials.clone(),
+        );
+        Telemetry {
+            registry: Mutex::new(registry),
+            http_requests,
+            logins,
+            auth_failures,
+            rbac_denials,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().expect("registry lock poisoned");
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -32,7 +32,9 @@ impl TestServer {
 
     /// Starts a backend on a fresh embedded store, after `adjust` changed its configuration
     /// (token lifetimes, TLS, body limit…).
-    pub async fn start_configured(adjust: impl FnOnce(&mut BackendConfig)) -> anyhow::Result<TestServer> {
+    pub async fn start_configured(
+        adjust: impl FnOnce(&mut BackendConfig),
+    ) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
         let store = StoreLocation::Sqlite(dir.path().join("kensa.db"));
         let mut server = TestServer::start_with(store, dir.path().to_path_buf(), adjust).await?;
@@ -62,7 +64,10 @@ impl TestServer {
             api_request_limit: 512_000,
             access_token_expiry: Duration::from_secs(300),
             refresh_token_expiry: Duration::from_secs(12 * 3600),
-            bootstrap_admin: Some(AdminCredentials { username: ADMIN_USERNAME.into(), password: ADMIN_PASSWORD.into() }),
+            bootstrap_admin: Some(AdminCredentials {
+                username: ADMIN_USERNAME.into(),
+                password: ADMIN_PASSWORD.into(),
+            }),
         };
         adjust(&mut config);
         let url = match config.tls {
@@ -76,12 +81,18 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if task.is_finished() {
-                return Err(task.await?.err().unwrap_or_else(|| anyhow::anyhow!("backend exited early")));
+                return Err(task
+                    .await?
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("backend exited early")));
             }
             if tokio::net::TcpStream::connect(address).await.is_ok() {
                 break;
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "backend did not start within 30 s");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "backend did not start within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(TestServer {

@@ -40,7 +40,10 @@ pub struct ConfigView {
 impl ConfigView {
     /// Loads every view kind from the store. Call [`ConfigView::follow`] to keep it current.
     pub async fn load(store: &dyn Store) -> kensa_store::Result<Arc<ConfigView>> {
-        let view = Arc::new(ConfigView { entries: RwLock::new(HashMap::new()), applied: watch::channel(0).0 });
+        let view = Arc::new(ConfigView {
+            entries: RwLock::new(HashMap::new()),
+            applied: watch::channel(0).0,
+        });
         view.reload(store).await?;
         Ok(view)
     }
@@ -52,7 +55,12 @@ impl ConfigView {
         let mut fresh: HashMap<String, Entries> = HashMap::new();
         for kind in VIEW_KINDS {
             let entries = fresh.entry((*kind).to_owned()).or_default();
-            let mut query = ListQuery { kind: (*kind).to_owned(), namespace: None, limit: 1000, ..Default::default() };
+            let mut query = ListQuery {
+                kind: (*kind).to_owned(),
+                namespace: None,
+                limit: 1000,
+                ..Default::default()
+            };
             loop {
                 let page = store.list(&query).await?;
                 for item in page.items {
@@ -87,7 +95,11 @@ impl ConfigView {
                 Ok(changes) => {
                     if changes[0].revision != after + 1 {
                         // The feed was pruned past us (or we fell far behind): start over.
-                        tracing::warn!(after, first = changes[0].revision, "config view fell behind the change feed; reloading");
+                        tracing::warn!(
+                            after,
+                            first = changes[0].revision,
+                            "config view fell behind the change feed; reloading"
+                        );
                         if let Err(err) = self.reload(store.as_ref()).await {
                             tracing::error!(%err, "config view reload failed");
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -129,18 +141,24 @@ impl ConfigView {
     /// Waits (at most a few seconds) until the view reflects `revision`.
     pub async fn wait_for(&self, revision: i64) {
         let mut applied = self.applied.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|r| *r >= revision)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|r| *r >= revision))
+            .await;
     }
 
     pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
         let entries = self.entries.read().expect("view lock poisoned");
-        entries.get(&key.kind)?.get(&(key.namespace.clone(), key.name.clone())).cloned()
+        entries
+            .get(&key.kind)?
+            .get(&(key.namespace.clone(), key.name.clone()))
+            .cloned()
     }
 
     /// Every value of `kind`, in `namespace` if given, ordered by (namespace, name).
     pub fn list(&self, kind: &str, namespace: Option<&str>) -> Vec<Arc<Value>> {
         let entries = self.entries.read().expect("view lock poisoned");
-        let Some(kind) = entries.get(kind) else { return Vec::new() };
+        let Some(kind) = entries.get(kind) else {
+            return Vec::new();
+        };
         kind.iter()
             .filter(|((ns, _), _)| namespace.is_none_or(|wanted| wanted == ns))
             .map(|(_, value)| value.clone())

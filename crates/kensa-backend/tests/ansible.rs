@@ -55,8 +55,13 @@ async fn sensu_go_ansible_collection_playbook() -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     };
-    let (home, local_tmp, remote_tmp, tmp, collections) =
-        (sub("home")?, sub("local-tmp")?, sub("remote-tmp")?, sub("tmp")?, sub("collections")?);
+    let (home, local_tmp, remote_tmp, tmp, collections) = (
+        sub("home")?,
+        sub("local-tmp")?,
+        sub("remote-tmp")?,
+        sub("tmp")?,
+        sub("collections")?,
+    );
 
     let server = TestServer::start().await?;
     let result = run_playbook(
@@ -142,7 +147,9 @@ async fn run_playbook(
         .with_context(|| format!("cannot run {}", playbook_bin.display()))?;
     let output = tokio::time::timeout(PLAYBOOK_TIMEOUT, child.wait_with_output())
         .await
-        .with_context(|| format!("ansible-playbook did not finish within {PLAYBOOK_TIMEOUT:?}"))??;
+        .with_context(|| {
+            format!("ansible-playbook did not finish within {PLAYBOOK_TIMEOUT:?}")
+        })??;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !stderr.trim().is_empty() {

@@ -79,6 +79,21 @@ impl TempDatabaseGuard {
         &self.name
     }
 
+    /// A connection URL for the test database (the env URL with the database swapped), for
+    /// code under test that connects by URL, such as a backend started with `--store-url`.
+    pub fn url(&self) -> String {
+        let base = std::env::var(POSTGRES_URL_ENV).unwrap_or_default();
+        let (without_query, query) = match base.split_once('?') {
+            Some((url, query)) => (url.to_owned(), format!("?{query}")),
+            None => (base.clone(), String::new()),
+        };
+        let prefix = match without_query.rfind('/') {
+            Some(slash) if slash > "postgres://".len() => &without_query[..slash],
+            _ => without_query.as_str(),
+        };
+        format!("{prefix}/{}{query}", self.name)
+    }
+
     /// Another store on the same database, as a second backend would open it.
     pub async fn connect(&self) -> Result<PostgresStore> {
         PostgresStore::connect_with_options(self.server.clone().database(&self.name)).await

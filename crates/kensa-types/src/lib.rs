@@ -12,6 +12,7 @@
 
 pub mod cron;
 pub mod error;
+pub mod event_state;
 pub mod kind;
 pub mod meta;
 pub mod resources;

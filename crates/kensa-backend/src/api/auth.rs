@@ -31,12 +31,16 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Ca
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthenticated("bad credentials"));
     };
-    let value = value.to_str().map_err(|_| ApiError::unauthenticated("bad credentials"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("bad credentials"))?;
     if let Some(token) = value.strip_prefix("Bearer ") {
-        let claims = jwt::verify(token.trim(), &state.jwt_secret, now_unix(), false).map_err(|err| match err {
-            TokenError::Expired => ApiError::unauthenticated("access token has expired"),
-            _ => ApiError::unauthenticated("invalid access token"),
-        })?;
+        let claims = jwt::verify(token.trim(), &state.jwt_secret, now_unix(), false).map_err(
+            |err| match err {
+                TokenError::Expired => ApiError::unauthenticated("access token has expired"),
+                _ => ApiError::unauthenticated("invalid access token"),
+            },
+        )?;
         let user = enabled_user(state, &claims.sub)?;
         return Ok(caller_for(&claims.sub, &user, false));
     }
@@ -65,10 +69,18 @@ fn enabled_user(state: &AppState, username: &str) -> ApiResult<std::sync::Arc<Va
 }
 
 fn caller_for(username: &str, user: &Value, api_key: bool) -> Caller {
-    let mut groups: Vec<String> =
-        user["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect();
+    let mut groups: Vec<String> = user["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str().map(str::to_owned))
+        .collect();
     groups.push(IMPLICIT_GROUP.to_owned());
-    Caller { username: username.to_owned(), groups, api_key }
+    Caller {
+        username: username.to_owned(),
+        groups,
+        api_key,
+    }
 }
 
 /// `Authorization: Basic …` → (username, password).
@@ -85,13 +97,19 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// Checks Basic credentials against an enabled user.
-async fn check_basic(state: &AppState, headers: &HeaderMap) -> Option<(String, std::sync::Arc<Value>)> {
+async fn check_basic(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Option<(String, std::sync::Arc<Value>)> {
     let (username, pass) = basic_credentials(headers)?;
     let user = state.view.get(&Key::new("users", "", &username))?;
     if user["disabled"].as_bool().unwrap_or(false) {
         return None;
     }
-    let hash = user["password_hash"].as_str().unwrap_or_default().to_owned();
+    let hash = user["password_hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if !password::verify_blocking(pass, hash).await {
         return None;
     }
@@ -130,12 +148,16 @@ async fn issue_tokens(
             state.store.create(&key, &session).await?;
         }
         other => {
-            state.store.put(&key, &session, other).await.map_err(|err| match err {
-                kensa_store::StoreError::Conflict(_) | kensa_store::StoreError::NotFound(_) => {
-                    ApiError::unauthenticated("refresh token has already been used")
-                }
-                other => other.into(),
-            })?;
+            state
+                .store
+                .put(&key, &session, other)
+                .await
+                .map_err(|err| match err {
+                    kensa_store::StoreError::Conflict(_) | kensa_store::StoreError::NotFound(_) => {
+                        ApiError::unauthenticated("refresh token has already been used")
+                    }
+                    other => other.into(),
+                })?;
         }
     }
     let caller = caller_for(username, user, false);
@@ -161,7 +183,9 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap) -> Respons
         return unauthorized("Unauthorized");
     };
     let session_id = uuid::Uuid::new_v4().to_string();
-    issue_tokens(&state, &username, &user, session_id, Precondition::None).await.unwrap_or_else(IntoResponse::into_response)
+    issue_tokens(&state, &username, &user, session_id, Precondition::None)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `GET /auth/test`: 200 when the Basic credentials are valid.
@@ -180,7 +204,11 @@ struct RefreshBody {
 
 /// The session named by the (possibly expired) access token, checked against the refresh
 /// token from the body. Returns the claims and the session's revision.
-async fn session_for(state: &AppState, headers: &HeaderMap, body: &[u8]) -> ApiResult<(Claims, Option<i64>, String)> {
+async fn session_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<(Claims, Option<i64>, String)> {
     let access = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -188,12 +216,18 @@ async fn session_for(state: &AppState, headers: &HeaderMap, body: &[u8]) -> ApiR
         .ok_or_else(|| ApiError::bad_request("invalid access token"))?;
     let claims = jwt::verify(access.trim(), &state.jwt_secret, now_unix(), true)
         .map_err(|_| ApiError::bad_request("invalid access token"))?;
-    let refresh: RefreshBody = serde_json::from_slice(body).unwrap_or(RefreshBody { refresh_token: String::new() });
-    let stored = state.store.get(&Key::new(SESSIONS_KIND, "", &claims.session_id)).await?;
+    let refresh: RefreshBody = serde_json::from_slice(body).unwrap_or(RefreshBody {
+        refresh_token: String::new(),
+    });
+    let stored = state
+        .store
+        .get(&Key::new(SESSIONS_KIND, "", &claims.session_id))
+        .await?;
     let revision = match &stored {
         Some(session)
             if session.value["username"] == claims.sub.as_str()
-                && session.value["refresh_token_hash"] == token_hash(&refresh.refresh_token).as_str()
+                && session.value["refresh_token_hash"]
+                    == token_hash(&refresh.refresh_token).as_str()
                 && session.value["expires_at"].as_i64().unwrap_or(0) > now_unix() =>
         {
             Some(session.revision)
@@ -204,25 +238,49 @@ async fn session_for(state: &AppState, headers: &HeaderMap, body: &[u8]) -> ApiR
 }
 
 /// `POST /auth/token`: a valid refresh token → new tokens (the refresh token rotates).
-pub async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: bytes::Bytes) -> Response {
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
     let result = async {
         let (claims, revision, _) = session_for(&state, &headers, &body).await?;
         let Some(revision) = revision else {
             return Err(ApiError::unauthenticated("invalid refresh token"));
         };
         let user = enabled_user(&state, &claims.sub)?;
-        issue_tokens(&state, &claims.sub, &user, claims.session_id.clone(), Precondition::Revision(revision)).await
+        issue_tokens(
+            &state,
+            &claims.sub,
+            &user,
+            claims.session_id.clone(),
+            Precondition::Revision(revision),
+        )
+        .await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `POST /auth/logout`: ends the session, so its refresh token no longer works.
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap, body: bytes::Bytes) -> Response {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
     let result = async {
         let (claims, _, _): (Claims, _, _) = session_for(&state, &headers, &body).await?;
-        match state.store.delete(&Key::new(SESSIONS_KIND, "", &claims.session_id), Precondition::None).await {
-            Ok(()) | Err(kensa_store::StoreError::NotFound(_)) => Ok(StatusCode::OK.into_response()),
+        match state
+            .store
+            .delete(
+                &Key::new(SESSIONS_KIND, "", &claims.session_id),
+                Precondition::None,
+            )
+            .await
+        {
+            Ok(()) | Err(kensa_store::StoreError::NotFound(_)) => {
+                Ok(StatusCode::OK.into_response())
+            }
             Err(err) => Err(ApiError::from(err)),
         }
     }

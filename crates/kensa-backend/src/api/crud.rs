@@ -37,8 +37,14 @@ pub fn key(kind: Kind, namespace: &str, name: &str) -> Key {
 
 /// The namespace a namespaced route writes into must exist.
 pub fn require_namespace(state: &AppState, namespace: &str) -> ApiResult<()> {
-    if state.view.get(&Key::new("namespaces", "", namespace)).is_none() {
-        return Err(ApiError::not_found(format!("namespace {namespace:?} does not exist")));
+    if state
+        .view
+        .get(&Key::new("namespaces", "", namespace))
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "namespace {namespace:?} does not exist"
+        )));
     }
     Ok(())
 }
@@ -55,18 +61,25 @@ pub fn prepare_metadata_body(
     let Some(object) = body.as_object_mut() else {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     };
-    let meta = object.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let meta = object
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if meta.is_null() {
         *meta = Value::Object(Map::new());
     }
     let Some(meta) = meta.as_object_mut() else {
-        return Err(ApiError::bad_request("resource is invalid: metadata: must be an object"));
+        return Err(ApiError::bad_request(
+            "resource is invalid: metadata: must be an object",
+        ));
     };
     agree(meta, "namespace", url_namespace)?;
     if let Some(url_name) = url_name {
         agree(meta, "name", url_name)?;
     }
-    meta.insert("created_by".to_owned(), Value::String(caller.username.clone()));
+    meta.insert(
+        "created_by".to_owned(),
+        Value::String(caller.username.clone()),
+    );
     Ok(kind.normalize(body)?)
 }
 
@@ -87,11 +100,22 @@ pub fn agree(meta: &mut Map<String, Value>, field: &str, url_value: &str) -> Api
 }
 
 /// Writes `value` and waits until the config view has it, so the caller reads its own write.
-pub async fn write(state: &AppState, key: &Key, value: &Value, precondition: Precondition) -> ApiResult<i64> {
-    let revision = state.store.put(key, value, precondition).await.map_err(|err| match err {
-        StoreError::Conflict(_) => ApiError::precondition_failed("the resource was changed since the given ETag"),
-        other => other.into(),
-    })?;
+pub async fn write(
+    state: &AppState,
+    key: &Key,
+    value: &Value,
+    precondition: Precondition,
+) -> ApiResult<i64> {
+    let revision = state
+        .store
+        .put(key, value, precondition)
+        .await
+        .map_err(|err| match err {
+            StoreError::Conflict(_) => {
+                ApiError::precondition_failed("the resource was changed since the given ETag")
+            }
+            other => other.into(),
+        })?;
     state.view.wait_for(revision).await;
     Ok(revision)
 }
@@ -103,7 +127,11 @@ pub async fn create(state: &AppState, key: &Key, value: &Value) -> ApiResult<i64
 }
 
 pub async fn fetch(state: &AppState, key: &Key) -> ApiResult<Stored> {
-    state.store.get(key).await?.ok_or_else(|| ApiError::not_found("not found"))
+    state
+        .store
+        .get(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("not found"))
 }
 
 /// `200` with the resource and its ETag.
@@ -136,12 +164,20 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// Checks a PATCH request's content type: merge patch (or none) only.
 pub fn check_patch_content_type(request: &ApiRequest) -> ApiResult<()> {
-    let content_type = request.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let content_type = request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
         "" | "application/merge-patch+json" | "application/json" => Ok(()),
-        "application/json-patch+json" => Err(ApiError::bad_request("JSON Patch is not supported yet")),
-        other => Err(ApiError::bad_request(format!("unsupported PATCH content type {other:?}; use application/merge-patch+json"))),
+        "application/json-patch+json" => {
+            Err(ApiError::bad_request("JSON Patch is not supported yet"))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "unsupported PATCH content type {other:?}; use application/merge-patch+json"
+        ))),
     }
 }
 
@@ -154,17 +190,34 @@ pub async fn handle(state: &AppState, request: ApiRequest) -> ApiResult<Response
     }
     match (&request.method, request.route.name.clone()) {
         (&Method::GET, None) => {
-            let listing_namespace = request.route.namespace.clone().or_else(|| (!kind.is_namespaced()).then(String::new));
-            list(state, kind, listing_namespace, None, &request.query, present).await
+            let listing_namespace = request
+                .route
+                .namespace
+                .clone()
+                .or_else(|| (!kind.is_namespaced()).then(String::new));
+            list(
+                state,
+                kind,
+                listing_namespace,
+                None,
+                &request.query,
+                present,
+            )
+            .await
         }
-        (&Method::GET, Some(name)) => Ok(single(kind, fetch(state, &key(kind, &namespace, &name)).await?)),
+        (&Method::GET, Some(name)) => Ok(single(
+            kind,
+            fetch(state, &key(kind, &namespace, &name)).await?,
+        )),
         (&Method::POST, None) => {
             let body = parse_json(&read_body(state, request.body).await?)?;
             if kind.is_namespaced() {
                 require_namespace(state, &namespace)?;
             }
             let value = prepare_metadata_body(kind, body, &namespace, None, &request.caller)?;
-            let name = kind.name_of(&value).ok_or_else(|| ApiError::bad_request("resource is invalid: metadata.name: must not be empty"))?;
+            let name = kind.name_of(&value).ok_or_else(|| {
+                ApiError::bad_request("resource is invalid: metadata.name: must not be empty")
+            })?;
             create(state, &key(kind, &namespace, &name), &value).await?;
             Ok(created())
         }
@@ -174,7 +227,8 @@ pub async fn handle(state: &AppState, request: ApiRequest) -> ApiResult<Response
             if kind.is_namespaced() {
                 require_namespace(state, &namespace)?;
             }
-            let value = prepare_metadata_body(kind, body, &namespace, Some(&name), &request.caller)?;
+            let value =
+                prepare_metadata_body(kind, body, &namespace, Some(&name), &request.caller)?;
             let key = key(kind, &namespace, &name);
             if request.headers.contains_key(header::IF_NONE_MATCH) {
                 let current = state.store.get(&key).await?.map(|s| s.revision);
@@ -185,14 +239,23 @@ pub async fn handle(state: &AppState, request: ApiRequest) -> ApiResult<Response
         }
         (&Method::PATCH, Some(name)) => {
             let key = key(kind, &namespace, &name);
-            patch(state, request, key, |value, caller| prepare_metadata_body(kind, value, &namespace, Some(&name), caller)).await
+            patch(state, request, key, |value, caller| {
+                prepare_metadata_body(kind, value, &namespace, Some(&name), caller)
+            })
+            .await
         }
         (&Method::DELETE, Some(name)) => {
             let precondition = super::if_match(&request.headers)?.unwrap_or(Precondition::None);
-            state.store.delete(&key(kind, &namespace, &name), precondition).await.map_err(|err| match err {
-                StoreError::Conflict(_) => ApiError::precondition_failed("the resource was changed since the given ETag"),
-                other => other.into(),
-            })?;
+            state
+                .store
+                .delete(&key(kind, &namespace, &name), precondition)
+                .await
+                .map_err(|err| match err {
+                    StoreError::Conflict(_) => ApiError::precondition_failed(
+                        "the resource was changed since the given ETag",
+                    ),
+                    other => other.into(),
+                })?;
             Ok(no_content())
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -218,14 +281,20 @@ pub async fn patch(
         let stored = fetch(state, &key).await?;
         if let Some(Precondition::Revision(expected)) = client_precondition {
             if expected != stored.revision {
-                return Err(ApiError::precondition_failed("the resource was changed since the given ETag"));
+                return Err(ApiError::precondition_failed(
+                    "the resource was changed since the given ETag",
+                ));
             }
         }
         super::check_if_none_match(&request.headers, Some(stored.revision))?;
         let mut value = stored.value.clone();
         merge_patch(&mut value, &patch_body);
         let value = prepare(value, &request.caller)?;
-        match state.store.put(&key, &value, Precondition::Revision(stored.revision)).await {
+        match state
+            .store
+            .put(&key, &value, Precondition::Revision(stored.revision))
+            .await
+        {
             Ok(revision) => {
                 state.view.wait_for(revision).await;
                 let mut response = axum::Json(present(kind_of_key(&key), value)).into_response();
@@ -236,12 +305,18 @@ pub async fn patch(
             }
             Err(StoreError::Conflict(_)) if client_precondition.is_none() => continue,
             Err(StoreError::Conflict(_)) => {
-                return Err(ApiError::precondition_failed("the resource was changed since the given ETag"))
+                return Err(ApiError::precondition_failed(
+                    "the resource was changed since the given ETag",
+                ))
             }
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::new(StatusCode::CONFLICT, super::error::Code::Internal, "too many concurrent writers; try again"))
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        super::error::Code::Internal,
+        "too many concurrent writers; try again",
+    ))
 }
 
 fn kind_of_key(key: &Key) -> Kind {
@@ -292,12 +367,21 @@ pub async fn list_filtered(
         return limited_page(state, kind, base, query.limit, present, filter.as_deref()).await;
     }
     // The first page is read now so that a bad continue token is a clean 400, not a cut stream.
-    let first = state.store.list(&ListQuery { limit: STREAM_PAGE, ..base.clone() }).await?;
+    let first = state
+        .store
+        .list(&ListQuery {
+            limit: STREAM_PAGE,
+            ..base.clone()
+        })
+        .await?;
     let stream = futures::stream::unfold(
         StreamState {
             store: state.store.clone(),
             pending: Some(first),
-            query: ListQuery { limit: STREAM_PAGE, ..base },
+            query: ListQuery {
+                limit: STREAM_PAGE,
+                ..base
+            },
             filter,
             wrote_any: false,
             opened: false,
@@ -332,7 +416,8 @@ pub async fn list_filtered(
                     chunk.push(b',');
                 }
                 st.wrote_any = true;
-                serde_json::to_writer(&mut chunk, &present(kind, item.value)).expect("values serialize");
+                serde_json::to_writer(&mut chunk, &present(kind, item.value))
+                    .expect("values serialize");
             }
             match page.continue_token {
                 Some(token) => st.query.continue_token = Some(token),
@@ -345,7 +430,10 @@ pub async fn list_filtered(
         },
     );
     let mut response = Response::new(Body::from_stream(stream.boxed()));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 

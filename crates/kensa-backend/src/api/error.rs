@@ -30,7 +30,11 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, message)
@@ -48,10 +52,18 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, Code::PermissionDenied, message)
     }
     pub fn precondition_failed(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::PRECONDITION_FAILED, Code::PreconditionFailed, message)
+        ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            Code::PreconditionFailed,
+            message,
+        )
     }
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::InvalidArgument, "method not allowed")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::InvalidArgument,
+            "method not allowed",
+        )
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, message)
@@ -65,7 +77,10 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({"message": self.message, "code": self.code as u32});
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        response.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         response
     }
 }
@@ -75,13 +90,15 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound(_) => ApiError::not_found("not found"),
             StoreError::AlreadyExists(_) => ApiError::conflict("resource already exists"),
-            StoreError::Conflict(what) => {
-                ApiError::precondition_failed(format!("{what} was changed by another writer; read it again"))
-            }
+            StoreError::Conflict(what) => ApiError::precondition_failed(format!(
+                "{what} was changed by another writer; read it again"
+            )),
             StoreError::InvalidToken => ApiError::bad_request("invalid continue token"),
-            StoreError::Unavailable(why) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Internal, format!("store unavailable: {why}"))
-            }
+            StoreError::Unavailable(why) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Internal,
+                format!("store unavailable: {why}"),
+            ),
             StoreError::Internal(why) => ApiError::internal(why),
         }
     }

@@ -2,7 +2,7 @@
 //! listed and deleted (reference §3.5 "Events").
 //!
 //! A written event is merged with the stored one (history, occurrences, state — see
-//! [`crate::event_state`]) under a compare-and-set on the stored revision, so concurrent
+//! [`kensa_types::event_state`]) under a compare-and-set on the stored revision, so concurrent
 //! results for the same entity and check never lose history. An unknown entity is created as
 //! a proxy entity; an existing entity definition is never changed by an event.
 
@@ -27,20 +27,42 @@ pub async fn handle(state: &AppState, request: ApiRequest) -> ApiResult<Response
                 [entity] => Some(format!("{entity}/")),
                 _ => return Err(ApiError::not_found("not found")),
             };
-            crud::list(state, Kind::Event, request.route.namespace.clone(), prefix, &request.query, crud::present).await
+            crud::list(
+                state,
+                Kind::Event,
+                request.route.namespace.clone(),
+                prefix,
+                &request.query,
+                crud::present,
+            )
+            .await
         }
-        (&Method::GET, Some(name)) => {
-            Ok(crud::single(Kind::Event, crud::fetch(state, &crud::key(Kind::Event, &namespace, &name)).await?))
-        }
+        (&Method::GET, Some(name)) => Ok(crud::single(
+            Kind::Event,
+            crud::fetch(state, &crud::key(Kind::Event, &namespace, &name)).await?,
+        )),
         (&Method::POST, None) | (&Method::POST | &Method::PUT, Some(_)) if sub.is_empty() => {
             let body = parse_json(&read_body(state, request.body).await?)?;
             crud::require_namespace(state, &namespace)?;
             let url_name = request.route.name.clone();
-            store_event(state, &namespace, url_name.as_deref(), body, &request.caller.username).await?;
+            store_event(
+                state,
+                &namespace,
+                url_name.as_deref(),
+                body,
+                &request.caller.username,
+            )
+            .await?;
             Ok(created())
         }
         (&Method::DELETE, Some(name)) => {
-            state.store.delete(&crud::key(Kind::Event, &namespace, &name), Precondition::None).await?;
+            state
+                .store
+                .delete(
+                    &crud::key(Kind::Event, &namespace, &name),
+                    Precondition::None,
+                )
+                .await?;
             Ok(no_content())
         }
         (&Method::PATCH, Some(_)) => Err(ApiError::method_not_allowed()),
@@ -66,12 +88,18 @@ pub async fn store_event(
     };
     if event.get("entity").is_none_or(Value::is_null) {
         if url_entity.is_none() {
-            return Err(ApiError::bad_request("resource is invalid: entity: must be set"));
+            return Err(ApiError::bad_request(
+                "resource is invalid: entity: must be set",
+            ));
         }
         event.insert("entity".into(), json!({}));
     }
     fill_object_meta(event, "entity", namespace, url_entity, caller)?;
-    if event["entity"]["entity_class"].as_str().unwrap_or_default().is_empty() {
+    if event["entity"]["entity_class"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
         event["entity"]["entity_class"] = json!("proxy");
     }
     let has_check = event.get("check").is_some_and(|c| !c.is_null());
@@ -89,7 +117,12 @@ pub async fn store_event(
     if event.get("timestamp").and_then(Value::as_i64).unwrap_or(0) == 0 {
         event.insert("timestamp".into(), json!(now_unix()));
     }
-    if event.get("id").and_then(Value::as_str).unwrap_or_default().is_empty() {
+    if event
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .is_empty()
+    {
         event.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
     }
     let value = Kind::Event.normalize(body)?;
@@ -104,7 +137,10 @@ pub async fn store_event(
     for _ in 0..10 {
         let previous = state.store.get(&key).await?;
         let mut merged = value.clone();
-        merged["check"] = crate::event_state::merge_check(previous.as_ref().map(|p| &p.value["check"]), merged["check"].take());
+        merged["check"] = kensa_types::event_state::merge_check(
+            previous.as_ref().map(|p| &p.value["check"]),
+            merged["check"].take(),
+        );
         let precondition = match &previous {
             Some(p) => Precondition::Revision(p.revision),
             None => Precondition::None,
@@ -115,11 +151,15 @@ pub async fn store_event(
         };
         match result {
             Ok(_) => return Ok(()),
-            Err(StoreError::Conflict(_) | StoreError::AlreadyExists(_) | StoreError::NotFound(_)) => continue,
+            Err(
+                StoreError::Conflict(_) | StoreError::AlreadyExists(_) | StoreError::NotFound(_),
+            ) => continue,
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::conflict("too many concurrent writers for this event; try again"))
+    Err(ApiError::conflict(
+        "too many concurrent writers for this event; try again",
+    ))
 }
 
 /// Sets `event[field].metadata` name/namespace from the URL (or checks agreement) and
@@ -132,11 +172,15 @@ fn fill_object_meta(
     caller: &str,
 ) -> ApiResult<()> {
     let Some(object) = event.get_mut(field).and_then(Value::as_object_mut) else {
-        return Err(ApiError::bad_request(format!("resource is invalid: {field}: must be an object")));
+        return Err(ApiError::bad_request(format!(
+            "resource is invalid: {field}: must be an object"
+        )));
     };
     let meta = object.entry("metadata").or_insert_with(|| json!({}));
     let Some(meta) = meta.as_object_mut() else {
-        return Err(ApiError::bad_request(format!("resource is invalid: {field}.metadata: must be an object")));
+        return Err(ApiError::bad_request(format!(
+            "resource is invalid: {field}.metadata: must be an object"
+        )));
     };
     crud::agree(meta, "namespace", namespace)?;
     if let Some(url_name) = url_name {
@@ -148,7 +192,9 @@ fn fill_object_meta(
 
 /// Creates a proxy entity for an event's unknown entity (existing ones are left alone).
 async fn ensure_proxy_entity(state: &AppState, namespace: &str, entity: &Value) -> ApiResult<()> {
-    let Some(name) = entity["metadata"]["name"].as_str() else { return Ok(()) };
+    let Some(name) = entity["metadata"]["name"].as_str() else {
+        return Ok(());
+    };
     let key = crud::key(Kind::Entity, namespace, name);
     if state.store.get(&key).await?.is_some() {
         return Ok(());

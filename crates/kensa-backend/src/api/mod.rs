@@ -63,7 +63,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(public::metrics))
         .route("/api/core/v2/{*rest}", any(core_v2))
         .fallback(|| async { ApiError::not_found("not found") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), public::count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            public::count_requests,
+        ))
         .with_state(state)
 }
 
@@ -94,13 +97,18 @@ async fn core_v2_inner(state: AppState, request: Request) -> ApiResult<Response>
 
 /// Reads the whole body, refusing more than the configured limit with 413 (Sensu answers 500).
 pub async fn read_body(state: &AppState, body: Body) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(body, state.settings.request_limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            error::Code::InvalidArgument,
-            format!("request body exceeds the limit of {} bytes", state.settings.request_limit),
-        )
-    })
+    axum::body::to_bytes(body, state.settings.request_limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                error::Code::InvalidArgument,
+                format!(
+                    "request body exceeds the limit of {} bytes",
+                    state.settings.request_limit
+                ),
+            )
+        })
 }
 
 /// Parses a JSON body, naming the position of a syntax error.
@@ -108,7 +116,8 @@ pub fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("request body is empty"));
     }
-    serde_json::from_slice(bytes).map_err(|err| ApiError::bad_request(format!("invalid JSON in request body: {err}")))
+    serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::bad_request(format!("invalid JSON in request body: {err}")))
 }
 
 /// Empty `201 Created` as Sensu answers creates and replaces.
@@ -127,31 +136,55 @@ pub fn etag(revision: i64) -> String {
 
 /// Parses an `If-Match` header into the revision it names; `*` means "must exist".
 pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<kensa_store::Precondition>> {
-    let Some(value) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| ApiError::bad_request("If-Match header is not text"))?.trim();
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("If-Match header is not text"))?
+        .trim();
     if value == "*" {
         return Ok(Some(kensa_store::Precondition::MustExist));
     }
-    let first = value.split(',').next().unwrap_or_default().trim().trim_start_matches("W/").trim_matches('"');
-    let revision = i64::from_str_radix(first, 16)
-        .map_err(|_| ApiError::precondition_failed(format!("If-Match {value} does not name a current ETag")))?;
+    let first = value
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"');
+    let revision = i64::from_str_radix(first, 16).map_err(|_| {
+        ApiError::precondition_failed(format!("If-Match {value} does not name a current ETag"))
+    })?;
     Ok(Some(kensa_store::Precondition::Revision(revision)))
 }
 
 /// Checks `If-None-Match` against the current revision (`*` fails whenever the resource exists).
 pub fn check_if_none_match(headers: &HeaderMap, current: Option<i64>) -> ApiResult<()> {
-    let Some(value) = headers.get(axum::http::header::IF_NONE_MATCH) else { return Ok(()) };
+    let Some(value) = headers.get(axum::http::header::IF_NONE_MATCH) else {
+        return Ok(());
+    };
     let value = value.to_str().unwrap_or_default().trim();
-    let Some(current) = current else { return Ok(()) };
-    let matches = value == "*" || value.split(',').any(|tag| tag.trim().trim_start_matches("W/") == etag(current));
+    let Some(current) = current else {
+        return Ok(());
+    };
+    let matches = value == "*"
+        || value
+            .split(',')
+            .any(|tag| tag.trim().trim_start_matches("W/") == etag(current));
     if matches {
-        return Err(ApiError::precondition_failed("the resource matches If-None-Match"));
+        return Err(ApiError::precondition_failed(
+            "the resource matches If-None-Match",
+        ));
     }
     Ok(())
 }
 
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Needed by handlers that only care whether a method is a read.

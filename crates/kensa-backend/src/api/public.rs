@@ -26,7 +26,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "Header": {"cluster_id": 0, "member_id": 0, "raft_term": 0},
         "StoreHealth": {"Healthy": healthy, "Err": err},
     });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -45,16 +49,27 @@ pub async fn version() -> Json<serde_json::Value> {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.telemetry.encode(),
     )
         .into_response()
 }
 
-pub async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn count_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
     let status = format!("{}xx", response.status().as_u16() / 100);
-    state.telemetry.http_requests.get_or_create(&HttpLabels { method, status }).inc();
+    state
+        .telemetry
+        .http_requests
+        .get_or_create(&HttpLabels { method, status })
+        .inc();
     response
 }

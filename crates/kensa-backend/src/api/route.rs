@@ -38,28 +38,55 @@ impl Route {
             .collect::<ApiResult<Vec<String>>>()?;
         let not_found = || ApiError::not_found("not found");
         let kind_of = |segment: &str| Kind::from_resource(segment).ok_or_else(not_found);
-        let [first, rest @ ..] = segments.as_slice() else { return Err(not_found()) };
+        let [first, rest @ ..] = segments.as_slice() else {
+            return Err(not_found());
+        };
         if first == "namespaces" {
             return match rest {
-                [] => Ok(Route { kind: Kind::Namespace, namespace: None, name: None, sub: vec![] }),
-                [ns] => Ok(Route { kind: Kind::Namespace, namespace: None, name: Some(ns.clone()), sub: vec![] }),
+                [] => Ok(Route {
+                    kind: Kind::Namespace,
+                    namespace: None,
+                    name: None,
+                    sub: vec![],
+                }),
+                [ns] => Ok(Route {
+                    kind: Kind::Namespace,
+                    namespace: None,
+                    name: Some(ns.clone()),
+                    sub: vec![],
+                }),
                 [ns, resource, tail @ ..] => {
                     let kind = kind_of(resource)?;
                     if !kind.is_namespaced() {
                         return Err(not_found());
                     }
                     let (name, sub) = split_name(kind, tail);
-                    Ok(Route { kind, namespace: Some(ns.clone()), name, sub })
+                    Ok(Route {
+                        kind,
+                        namespace: Some(ns.clone()),
+                        name,
+                        sub,
+                    })
                 }
             };
         }
         let kind = kind_of(first)?;
         if kind.is_namespaced() {
             // Listings across namespaces, and the silenced sub-listing `silenced/checks/{c}`.
-            return Ok(Route { kind, namespace: None, name: None, sub: rest.to_vec() });
+            return Ok(Route {
+                kind,
+                namespace: None,
+                name: None,
+                sub: rest.to_vec(),
+            });
         }
         let (name, sub) = split_name(kind, rest);
-        Ok(Route { kind, namespace: None, name, sub })
+        Ok(Route {
+            kind,
+            namespace: None,
+            name,
+            sub,
+        })
     }
 
     /// The RBAC resource name of this request (the kind's, or `localselfuser` for self-service).
@@ -74,7 +101,9 @@ fn split_name(kind: Kind, tail: &[String]) -> (Option<String>, Vec<String>) {
     match (kind, tail) {
         (_, []) => (None, vec![]),
         (Kind::Event, [entity]) => (None, vec![entity.clone()]),
-        (Kind::Event, [entity, check, rest @ ..]) => (Some(format!("{entity}/{check}")), rest.to_vec()),
+        (Kind::Event, [entity, check, rest @ ..]) => {
+            (Some(format!("{entity}/{check}")), rest.to_vec())
+        }
         (Kind::Silenced, [first, value]) if first == "subscriptions" || first == "checks" => {
             (None, vec![first.clone(), value.clone()])
         }
@@ -88,9 +117,13 @@ fn decode_segment(raw: &str) -> ApiResult<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = raw.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             let Some(byte) = hex else {
-                return Err(ApiError::bad_request(format!("invalid percent-encoding in path segment {raw:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid percent-encoding in path segment {raw:?}"
+                )));
             };
             out.push(byte);
             i += 3;
@@ -99,7 +132,8 @@ fn decode_segment(raw: &str) -> ApiResult<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request(format!("path segment {raw:?} is not UTF-8")))
+    String::from_utf8(out)
+        .map_err(|_| ApiError::bad_request(format!("path segment {raw:?} is not UTF-8")))
 }
 
 /// The query parameters the core API understands.
@@ -156,7 +190,10 @@ mod tests {
     #[test]
     fn paths_address_the_right_resource() {
         let r = route("namespaces/default/checks/cpu");
-        assert_eq!((r.kind, r.namespace.as_deref(), r.name.as_deref()), (Kind::CheckConfig, Some("default"), Some("cpu")));
+        assert_eq!(
+            (r.kind, r.namespace.as_deref(), r.name.as_deref()),
+            (Kind::CheckConfig, Some("default"), Some("cpu"))
+        );
         let r = route("namespaces/default/checks/cpu/execute");
         assert_eq!(r.sub, vec!["execute"]);
         let r = route("namespaces/default/events/web1/http");
@@ -166,20 +203,34 @@ mod tests {
         let r = route("namespaces/default/assets/sensu%2Fruby");
         assert_eq!(r.name.as_deref(), Some("sensu/ruby"));
         let r = route("checks");
-        assert_eq!((r.kind, r.namespace, r.name), (Kind::CheckConfig, None, None));
+        assert_eq!(
+            (r.kind, r.namespace, r.name),
+            (Kind::CheckConfig, None, None)
+        );
         let r = route("namespaces/prod");
         assert_eq!((r.kind, r.name.as_deref()), (Kind::Namespace, Some("prod")));
         let r = route("users/alice/groups/ops");
-        assert_eq!((r.kind, r.name.as_deref(), r.sub.len()), (Kind::User, Some("alice"), 2));
+        assert_eq!(
+            (r.kind, r.name.as_deref(), r.sub.len()),
+            (Kind::User, Some("alice"), 2)
+        );
         let r = route("namespaces/default/silenced/subscriptions/linux");
-        assert_eq!((r.name, r.sub), (None, vec!["subscriptions".to_owned(), "linux".to_owned()]));
+        assert_eq!(
+            (r.name, r.sub),
+            (None, vec!["subscriptions".to_owned(), "linux".to_owned()])
+        );
         let r = route("namespaces/default/silenced/linux:cpu");
         assert_eq!(r.name.as_deref(), Some("linux:cpu"));
     }
 
     #[test]
     fn unknown_paths_are_not_found() {
-        for path in ["gizmos", "namespaces/default/users/x", "namespaces/default/gizmos", ""] {
+        for path in [
+            "gizmos",
+            "namespaces/default/users/x",
+            "namespaces/default/gizmos",
+            "",
+        ] {
             let err = Route::parse(path).unwrap_err();
             assert_eq!(err.status, axum::http::StatusCode::NOT_FOUND, "{path}");
         }

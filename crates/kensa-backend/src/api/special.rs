@@ -27,7 +27,9 @@ pub async fn dispatch(state: &AppState, request: ApiRequest) -> ApiResult<Respon
         Kind::Event => super::events::handle(state, request).await,
         Kind::Entity => entities(state, request).await,
         Kind::Silenced => silenced(state, request).await,
-        Kind::CheckConfig if !request.route.sub.is_empty() => check_subresources(state, request).await,
+        Kind::CheckConfig if !request.route.sub.is_empty() => {
+            check_subresources(state, request).await
+        }
         _ => crud::handle(state, request).await,
     }
 }
@@ -48,16 +50,28 @@ fn authorize(state: &AppState, request: &ApiRequest) -> ApiResult<()> {
         return Ok(());
     }
     let namespace = route.namespace.as_deref();
-    let wanted = RbacRequest { verb, resource: route.kind.resource(), namespace, name: route.name.as_deref() };
+    let wanted = RbacRequest {
+        verb,
+        resource: route.kind.resource(),
+        namespace,
+        name: route.name.as_deref(),
+    };
     if state.caller_can(caller, &wanted) {
         return Ok(());
     }
     // Self-service: reading one's own user and changing one's own password.
-    let is_self = route.kind == Kind::User && route.name.as_deref() == Some(caller.username.as_str());
+    let is_self =
+        route.kind == Kind::User && route.name.as_deref() == Some(caller.username.as_str());
     let self_service = is_self
-        && ((verb == "get" && route.sub.is_empty()) || (verb == "update" && route.sub == ["password"]));
+        && ((verb == "get" && route.sub.is_empty())
+            || (verb == "update" && route.sub == ["password"]));
     if self_service {
-        let wanted = RbacRequest { verb, resource: "localselfuser", namespace: None, name: route.name.as_deref() };
+        let wanted = RbacRequest {
+            verb,
+            resource: "localselfuser",
+            namespace: None,
+            name: route.name.as_deref(),
+        };
         if state.caller_can(caller, &wanted) {
             return Ok(());
         }
@@ -67,7 +81,9 @@ fn authorize(state: &AppState, request: &ApiRequest) -> ApiResult<()> {
         "user {:?} is not allowed to {verb} {}{}",
         caller.username,
         route.kind.resource(),
-        namespace.map(|ns| format!(" in namespace {ns:?}")).unwrap_or_default()
+        namespace
+            .map(|ns| format!(" in namespace {ns:?}"))
+            .unwrap_or_default()
     )))
 }
 
@@ -79,12 +95,15 @@ pub fn compile_selectors(kind: Kind, query: &Query) -> ApiResult<Option<ItemFilt
     let mut selectors = Vec::new();
     for raw in &query.label_selectors {
         let selector = kensa_types::selector::Selector::parse_labels(raw, kind.field_prefix())
-            .map_err(|err| ApiError::bad_request(format!("failed to parse labelSelector: {err}")))?;
+            .map_err(|err| {
+                ApiError::bad_request(format!("failed to parse labelSelector: {err}"))
+            })?;
         selectors.push(selector);
     }
     for raw in &query.field_selectors {
-        let selector = kensa_types::selector::parse(raw)
-            .map_err(|err| ApiError::bad_request(format!("failed to parse fieldSelector: {err}")))?;
+        let selector = kensa_types::selector::parse(raw).map_err(|err| {
+            ApiError::bad_request(format!("failed to parse fieldSelector: {err}"))
+        })?;
         selectors.push(selector);
     }
     Ok(Some(Box::new(move |value: &Value| {
@@ -106,13 +125,27 @@ async fn namespaces(state: &AppState, request: ApiRequest) -> ApiResult<Response
                 let name = value["name"].as_str().unwrap_or_default();
                 rbac::can_see_namespace(view.as_ref(), &caller, name)
             });
-            crud::list_filtered(state, kind, Some(String::new()), None, &request.query, crud::present, Some(visible)).await
+            crud::list_filtered(
+                state,
+                kind,
+                Some(String::new()),
+                None,
+                &request.query,
+                crud::present,
+                Some(visible),
+            )
+            .await
         }
-        (&Method::GET, Some(name)) => Ok(crud::single(kind, crud::fetch(state, &crud::key(kind, "", &name)).await?)),
+        (&Method::GET, Some(name)) => Ok(crud::single(
+            kind,
+            crud::fetch(state, &crud::key(kind, "", &name)).await?,
+        )),
         (&Method::POST, None) => {
             let body = parse_json(&read_body(state, request.body).await?)?;
             let value = kind.normalize(body)?;
-            let name = kind.name_of(&value).ok_or_else(|| ApiError::bad_request("resource is invalid: name: must not be empty"))?;
+            let name = kind.name_of(&value).ok_or_else(|| {
+                ApiError::bad_request("resource is invalid: name: must not be empty")
+            })?;
             crud::create(state, &crud::key(kind, "", &name), &value).await?;
             Ok(created())
         }
@@ -120,7 +153,13 @@ async fn namespaces(state: &AppState, request: ApiRequest) -> ApiResult<Response
             let mut body = parse_json(&read_body(state, request.body).await?)?;
             agree_top_level(&mut body, "name", &name)?;
             let value = kind.normalize(body)?;
-            crud::write(state, &crud::key(kind, "", &name), &value, Precondition::None).await?;
+            crud::write(
+                state,
+                &crud::key(kind, "", &name),
+                &value,
+                Precondition::None,
+            )
+            .await?;
             Ok(created())
         }
         (&Method::PATCH, Some(name)) => {
@@ -141,7 +180,10 @@ async fn namespaces(state: &AppState, request: ApiRequest) -> ApiResult<Response
                     format!("namespace {name:?} is not empty ({count} resources)"),
                 ));
             }
-            state.store.delete(&crud::key(kind, "", &name), Precondition::None).await?;
+            state
+                .store
+                .delete(&crud::key(kind, "", &name), Precondition::None)
+                .await?;
             Ok(no_content())
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -166,25 +208,43 @@ async fn settle_password(body: &mut Value, existing_hash: Option<String>) -> Api
     let Some(object) = body.as_object_mut() else {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     };
-    let cleartext = object.get("password").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let given_hash = object.get("password_hash").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let cleartext = object
+        .get("password")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let given_hash = object
+        .get("password_hash")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let hash = if !cleartext.is_empty() {
         if cleartext.len() < 8 {
-            return Err(ApiError::bad_request("resource is invalid: password: must be at least 8 characters"));
+            return Err(ApiError::bad_request(
+                "resource is invalid: password: must be at least 8 characters",
+            ));
         }
-        if !given_hash.is_empty() && !password::verify_blocking(cleartext.clone(), given_hash.clone()).await {
-            return Err(ApiError::bad_request("resource is invalid: password_hash: does not match password"));
+        if !given_hash.is_empty()
+            && !password::verify_blocking(cleartext.clone(), given_hash.clone()).await
+        {
+            return Err(ApiError::bad_request(
+                "resource is invalid: password_hash: does not match password",
+            ));
         }
         password::hash_blocking(cleartext).await
     } else if !given_hash.is_empty() {
         if !password::is_supported_hash(&given_hash) {
-            return Err(ApiError::bad_request("resource is invalid: password_hash: not a bcrypt or argon2 hash"));
+            return Err(ApiError::bad_request(
+                "resource is invalid: password_hash: not a bcrypt or argon2 hash",
+            ));
         }
         given_hash
     } else if let Some(existing) = existing_hash {
         existing
     } else {
-        return Err(ApiError::bad_request("resource is invalid: password: must be set"));
+        return Err(ApiError::bad_request(
+            "resource is invalid: password: must be set",
+        ));
     };
     object.insert("password".to_owned(), Value::String(String::new()));
     object.insert("password_hash".to_owned(), Value::String(hash));
@@ -196,13 +256,28 @@ async fn users(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
     let name = request.route.name.clone();
     let sub: Vec<&str> = request.route.sub.iter().map(String::as_str).collect();
     match (&request.method, name, sub.as_slice()) {
-        (&Method::GET, None, []) => crud::list(state, kind, Some(String::new()), None, &request.query, crud::present).await,
-        (&Method::GET, Some(name), []) => Ok(crud::single(kind, crud::fetch(state, &crud::key(kind, "", &name)).await?)),
+        (&Method::GET, None, []) => {
+            crud::list(
+                state,
+                kind,
+                Some(String::new()),
+                None,
+                &request.query,
+                crud::present,
+            )
+            .await
+        }
+        (&Method::GET, Some(name), []) => Ok(crud::single(
+            kind,
+            crud::fetch(state, &crud::key(kind, "", &name)).await?,
+        )),
         (&Method::POST, None, []) => {
             let mut body = parse_json(&read_body(state, request.body).await?)?;
             settle_password(&mut body, None).await?;
             let value = kind.normalize(body)?;
-            let name = kind.name_of(&value).ok_or_else(|| ApiError::bad_request("resource is invalid: username: must not be empty"))?;
+            let name = kind.name_of(&value).ok_or_else(|| {
+                ApiError::bad_request("resource is invalid: username: must not be empty")
+            })?;
             crud::create(state, &crud::key(kind, "", &name), &value).await?;
             Ok(created())
         }
@@ -211,7 +286,9 @@ async fn users(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
             agree_top_level(&mut body, "username", &name)?;
             let key = crud::key(kind, "", &name);
             let existing = state.store.get(&key).await?;
-            let existing_hash = existing.as_ref().and_then(|s| s.value["password_hash"].as_str().map(str::to_owned));
+            let existing_hash = existing
+                .as_ref()
+                .and_then(|s| s.value["password_hash"].as_str().map(str::to_owned));
             settle_password(&mut body, existing_hash).await?;
             let value = kind.normalize(body)?;
             crud::write(state, &key, &value, Precondition::None).await?;
@@ -225,7 +302,9 @@ async fn users(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
                 let cleartext = value["password"].as_str().unwrap_or_default().to_owned();
                 if !cleartext.is_empty() {
                     if cleartext.len() < 8 {
-                        return Err(ApiError::bad_request("resource is invalid: password: must be at least 8 characters"));
+                        return Err(ApiError::bad_request(
+                            "resource is invalid: password: must be at least 8 characters",
+                        ));
                     }
                     value["password_hash"] = Value::String(password::hash(&cleartext));
                     value["password"] = Value::String(String::new());
@@ -255,7 +334,10 @@ async fn users(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
             let stored = crud::fetch(state, &crud::key(kind, "", &name)).await?;
             if *which == "password" {
                 let current = body["password"].as_str().unwrap_or_default().to_owned();
-                let stored_hash = stored.value["password_hash"].as_str().unwrap_or_default().to_owned();
+                let stored_hash = stored.value["password_hash"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 if !password::verify_blocking(current, stored_hash).await {
                     return Err(ApiError::bad_request("current password is not correct"));
                 }
@@ -304,14 +386,22 @@ async fn users(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
 }
 
 /// Read-modify-write of one user, retried on concurrent writes.
-async fn update_user(state: &AppState, name: &str, change: impl Fn(&mut Value) -> ApiResult<()>) -> ApiResult<()> {
+async fn update_user(
+    state: &AppState,
+    name: &str,
+    change: impl Fn(&mut Value) -> ApiResult<()>,
+) -> ApiResult<()> {
     let key = crud::key(Kind::User, "", name);
     for _ in 0..5 {
         let stored = crud::fetch(state, &key).await?;
         let mut value = stored.value;
         change(&mut value)?;
         let value = Kind::User.normalize(value)?;
-        match state.store.put(&key, &value, Precondition::Revision(stored.revision)).await {
+        match state
+            .store
+            .put(&key, &value, Precondition::Revision(stored.revision))
+            .await
+        {
             Ok(revision) => {
                 state.view.wait_for(revision).await;
                 return Ok(());
@@ -320,7 +410,9 @@ async fn update_user(state: &AppState, name: &str, change: impl Fn(&mut Value) -
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::conflict("user is being changed concurrently; try again"))
+    Err(ApiError::conflict(
+        "user is being changed concurrently; try again",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,9 +450,13 @@ async fn api_keys(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
 
 /// An entity always subscribes to `entity:<name>`.
 pub fn ensure_entity_subscription(entity: &mut Value) {
-    let Some(name) = entity["metadata"]["name"].as_str().map(str::to_owned) else { return };
+    let Some(name) = entity["metadata"]["name"].as_str().map(str::to_owned) else {
+        return;
+    };
     let own = format!("entity:{name}");
-    let Some(object) = entity.as_object_mut() else { return };
+    let Some(object) = entity.as_object_mut() else {
+        return;
+    };
     let subscriptions = object.entry("subscriptions").or_insert_with(|| json!([]));
     if !subscriptions.is_array() {
         *subscriptions = json!([]);
@@ -380,12 +476,22 @@ async fn entities(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
             let url_name = request.route.name.clone();
             let body = parse_json(&read_body(state, request.body).await?)?;
             crud::require_namespace(state, &namespace)?;
-            let mut value = crud::prepare_metadata_body(kind, body, &namespace, url_name.as_deref(), &request.caller)?;
+            let mut value = crud::prepare_metadata_body(
+                kind,
+                body,
+                &namespace,
+                url_name.as_deref(),
+                &request.caller,
+            )?;
             ensure_entity_subscription(&mut value);
-            let name = kind.name_of(&value).ok_or_else(|| ApiError::bad_request("resource is invalid: metadata.name: must not be empty"))?;
+            let name = kind.name_of(&value).ok_or_else(|| {
+                ApiError::bad_request("resource is invalid: metadata.name: must not be empty")
+            })?;
             let key = crud::key(kind, &namespace, &name);
             if let Some(existing) = state.store.get(&key).await? {
-                if existing.value["metadata"]["labels"]["sensu.io/managed_by"] == "sensu-agent" && is_put {
+                if existing.value["metadata"]["labels"]["sensu.io/managed_by"] == "sensu-agent"
+                    && is_put
+                {
                     return Err(ApiError::conflict("entity is managed by its agent"));
                 }
             }
@@ -397,8 +503,14 @@ async fn entities(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
             Ok(created())
         }
         (&Method::DELETE, Some(name)) => {
-            state.store.delete(&crud::key(kind, &namespace, &name), Precondition::None).await?;
-            state.store.delete_prefix(Kind::Event.resource(), &namespace, &format!("{name}/")).await?;
+            state
+                .store
+                .delete(&crud::key(kind, &namespace, &name), Precondition::None)
+                .await?;
+            state
+                .store
+                .delete_prefix(Kind::Event.resource(), &namespace, &format!("{name}/"))
+                .await?;
             Ok(no_content())
         }
         _ => crud::handle(state, request).await,
@@ -423,13 +535,28 @@ async fn silenced(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
             let filter: ItemFilter = match sub.as_slice() {
                 [] => Box::new(move |v: &Value| !silence_expired(v, now)),
                 [which, wanted] if which == "subscriptions" || which == "checks" => {
-                    let field = if which == "subscriptions" { "subscription" } else { "check" };
+                    let field = if which == "subscriptions" {
+                        "subscription"
+                    } else {
+                        "check"
+                    };
                     let wanted = wanted.clone();
-                    Box::new(move |v: &Value| !silence_expired(v, now) && v[field].as_str() == Some(wanted.as_str()))
+                    Box::new(move |v: &Value| {
+                        !silence_expired(v, now) && v[field].as_str() == Some(wanted.as_str())
+                    })
                 }
                 _ => return Err(ApiError::not_found("not found")),
             };
-            crud::list_filtered(state, kind, request.route.namespace.clone(), None, &request.query, crud::present, Some(filter)).await
+            crud::list_filtered(
+                state,
+                kind,
+                request.route.namespace.clone(),
+                None,
+                &request.query,
+                crud::present,
+                Some(filter),
+            )
+            .await
         }
         (&Method::GET, Some(name)) => {
             let stored = crud::fetch(state, &crud::key(kind, &namespace, &name)).await?;
@@ -443,7 +570,9 @@ async fn silenced(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
             let body = parse_json(&read_body(state, request.body).await?)?;
             crud::require_namespace(state, &namespace)?;
             let value = prepare_silence(body, &namespace, &request.caller.username)?;
-            let name = kind.name_of(&value).ok_or_else(|| ApiError::bad_request("resource is invalid: subscription or check must be set"))?;
+            let name = kind.name_of(&value).ok_or_else(|| {
+                ApiError::bad_request("resource is invalid: subscription or check must be set")
+            })?;
             if let Some(url_name) = &request.route.name {
                 if url_name != &name {
                     return Err(ApiError::bad_request(format!(
@@ -477,12 +606,22 @@ fn prepare_silence(mut body: Value, namespace: &str, caller: &str) -> ApiResult<
         // The name is always derived from subscription and check.
         meta.remove("name");
     }
-    let subscription = object.get("subscription").and_then(Value::as_str).unwrap_or_default();
-    let check = object.get("check").and_then(Value::as_str).unwrap_or_default();
+    let subscription = object
+        .get("subscription")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let check = object
+        .get("check")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !subscription.is_empty() || !check.is_empty() {
         let name = format!(
             "{}:{}",
-            if subscription.is_empty() { "*" } else { subscription },
+            if subscription.is_empty() {
+                "*"
+            } else {
+                subscription
+            },
             if check.is_empty() { "*" } else { check }
         );
         object["metadata"]["name"] = Value::String(name);
@@ -496,7 +635,12 @@ fn prepare_silence(mut body: Value, namespace: &str, caller: &str) -> ApiResult<
     if object.get("expire_at").and_then(Value::as_i64).unwrap_or(0) == 0 && expire > 0 {
         object.insert("expire_at".to_owned(), json!(begin + expire));
     }
-    if object.get("creator").and_then(Value::as_str).unwrap_or_default().is_empty() {
+    if object
+        .get("creator")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .is_empty()
+    {
         object.insert("creator".to_owned(), Value::String(caller.to_owned()));
     }
     Ok(Kind::Silenced.normalize(body)?)
@@ -507,21 +651,41 @@ fn prepare_silence(mut body: Value, namespace: &str, caller: &str) -> ApiResult<
 
 async fn check_subresources(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
     let namespace = request.route.namespace.clone().unwrap_or_default();
-    let Some(name) = request.route.name.clone() else { return Err(ApiError::not_found("not found")) };
+    let Some(name) = request.route.name.clone() else {
+        return Err(ApiError::not_found("not found"));
+    };
     let key = crud::key(Kind::CheckConfig, &namespace, &name);
     let sub: Vec<String> = request.route.sub.clone();
-    match (&request.method, sub.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
+    match (
+        &request.method,
+        sub.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
         (&Method::POST, ["execute"]) => {
             crud::fetch(state, &key).await?;
             let bytes = read_body(state, request.body).await?;
-            let body = if bytes.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json(&bytes)? };
+            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                parse_json(&bytes)?
+            };
             let subscriptions = match &body["subscriptions"] {
                 Value::Null => Vec::new(),
                 Value::Array(items) => items
                     .iter()
-                    .map(|s| s.as_str().map(str::to_owned).ok_or_else(|| ApiError::bad_request("subscriptions: must be a list of strings")))
+                    .map(|s| {
+                        s.as_str().map(str::to_owned).ok_or_else(|| {
+                            ApiError::bad_request("subscriptions: must be a list of strings")
+                        })
+                    })
                     .collect::<ApiResult<Vec<_>>>()?,
-                _ => return Err(ApiError::bad_request("subscriptions: must be a list of strings")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "subscriptions: must be a list of strings",
+                    ))
+                }
             };
             let issued = now_unix();
             let adhoc = json!({
@@ -532,21 +696,28 @@ async fn check_subresources(state: &AppState, request: ApiRequest) -> ApiResult<
                 "issued": issued,
             });
             let id = uuid::Uuid::new_v4().to_string();
-            state.store.create(&Key::new(ADHOC_KIND, &namespace, &id), &adhoc).await?;
+            state
+                .store
+                .create(&Key::new(ADHOC_KIND, &namespace, &id), &adhoc)
+                .await?;
             Ok((StatusCode::ACCEPTED, Json(json!({"issued": issued}))).into_response())
         }
         (&Method::PUT, ["hooks", hook_type]) => {
             let body = parse_json(&read_body(state, request.body).await?)?;
             let wanted: Vec<String> = body[*hook_type]
                 .as_array()
-                .ok_or_else(|| ApiError::bad_request(format!("body must be {{\"{hook_type}\": [hook names]}}")))?
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("body must be {{\"{hook_type}\": [hook names]}}"))
+                })?
                 .iter()
                 .filter_map(|h| h.as_str().map(str::to_owned))
                 .collect();
             let hook_type = (*hook_type).to_owned();
             update_check(state, &key, move |check| {
                 let hooks = check_hooks_mut(check);
-                let position = hooks.iter().position(|entry| entry.get(&hook_type).is_some());
+                let position = hooks
+                    .iter()
+                    .position(|entry| entry.get(&hook_type).is_some());
                 let entry = match position {
                     Some(i) => &mut hooks[i],
                     None => {
@@ -554,7 +725,9 @@ async fn check_subresources(state: &AppState, request: ApiRequest) -> ApiResult<
                         hooks.last_mut().expect("just pushed")
                     }
                 };
-                let list = entry[&hook_type].as_array_mut().ok_or_else(|| ApiError::bad_request("check_hooks entry is not a list"))?;
+                let list = entry[&hook_type]
+                    .as_array_mut()
+                    .ok_or_else(|| ApiError::bad_request("check_hooks entry is not a list"))?;
                 for hook in &wanted {
                     if !list.iter().any(|h| h.as_str() == Some(hook.as_str())) {
                         list.push(Value::String(hook.clone()));
@@ -574,7 +747,12 @@ async fn check_subresources(state: &AppState, request: ApiRequest) -> ApiResult<
                         list.retain(|h| h.as_str() != Some(hook.as_str()));
                     }
                 }
-                hooks.retain(|entry| entry.get(&hook_type).and_then(Value::as_array).is_none_or(|l| !l.is_empty()));
+                hooks.retain(|entry| {
+                    entry
+                        .get(&hook_type)
+                        .and_then(Value::as_array)
+                        .is_none_or(|l| !l.is_empty())
+                });
                 Ok(())
             })
             .await?;
@@ -588,20 +766,32 @@ fn check_hooks_mut(check: &mut Value) -> &mut Vec<Value> {
     if !check["check_hooks"].is_array() {
         check["check_hooks"] = json!([]);
     }
-    check["check_hooks"].as_array_mut().expect("made an array above")
+    check["check_hooks"]
+        .as_array_mut()
+        .expect("made an array above")
 }
 
-async fn update_check(state: &AppState, key: &Key, change: impl Fn(&mut Value) -> ApiResult<()>) -> ApiResult<()> {
+async fn update_check(
+    state: &AppState,
+    key: &Key,
+    change: impl Fn(&mut Value) -> ApiResult<()>,
+) -> ApiResult<()> {
     for _ in 0..5 {
         let stored = crud::fetch(state, key).await?;
         let mut value = stored.value;
         change(&mut value)?;
         let value = Kind::CheckConfig.normalize(value)?;
-        match state.store.put(key, &value, Precondition::Revision(stored.revision)).await {
+        match state
+            .store
+            .put(key, &value, Precondition::Revision(stored.revision))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kensa_store::StoreError::Conflict(_)) => continue,
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::conflict("check is being changed concurrently; try again"))
+    Err(ApiError::conflict(
+        "check is being changed concurrently; try again",
+    ))
 }

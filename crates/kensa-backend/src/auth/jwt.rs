@@ -52,24 +52,38 @@ pub fn sign(claims: &Claims, secret: &[u8]) -> String {
 
 /// Checks the signature and, unless `allow_expired`, the expiry against `now` (unix seconds).
 /// `/auth/token` accepts an expired access token together with a valid refresh token.
-pub fn verify(token: &str, secret: &[u8], now: i64, allow_expired: bool) -> Result<Claims, TokenError> {
+pub fn verify(
+    token: &str,
+    secret: &[u8],
+    now: i64,
+    allow_expired: bool,
+) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed);
     };
-    let header_json = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
-    let header_value: serde_json::Value = serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+    let header_json = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed)?;
+    let header_value: serde_json::Value =
+        serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
     if header_value["alg"] != "HS256" {
         return Err(TokenError::BadSignature);
     }
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("hmac takes any key length");
     mac.update(header.as_bytes());
     mac.update(b".");
     mac.update(payload.as_bytes());
-    mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
-    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+    mac.verify_slice(&signature)
+        .map_err(|_| TokenError::BadSignature)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed)?;
     let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
     if !allow_expired && claims.exp <= now {
         return Err(TokenError::Expired);
@@ -97,15 +111,33 @@ mod tests {
     fn round_trip_expiry_and_forgery() {
         let token = sign(&claims(100), b"secret");
         assert_eq!(verify(&token, b"secret", 50, false).unwrap().sub, "admin");
-        assert_eq!(verify(&token, b"secret", 100, false), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&token, b"secret", 100, false),
+            Err(TokenError::Expired)
+        );
         assert!(verify(&token, b"secret", 100, true).is_ok());
-        assert_eq!(verify(&token, b"other", 50, false), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&token, b"other", 50, false),
+            Err(TokenError::BadSignature)
+        );
 
         // A payload swapped in from another token fails the signature check.
-        let forged_payload = sign(&Claims { sub: "root".into(), ..claims(100) }, b"attacker");
+        let forged_payload = sign(
+            &Claims {
+                sub: "root".into(),
+                ..claims(100)
+            },
+            b"attacker",
+        );
         let mut parts: Vec<&str> = token.split('.').collect();
         parts[1] = forged_payload.split('.').nth(1).unwrap();
-        assert_eq!(verify(&parts.join("."), b"secret", 50, false), Err(TokenError::BadSignature));
-        assert_eq!(verify("a.b", b"secret", 50, false), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&parts.join("."), b"secret", 50, false),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify("a.b", b"secret", 50, false),
+            Err(TokenError::Malformed)
+        );
     }
 }

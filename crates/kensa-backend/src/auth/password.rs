@@ -23,7 +23,9 @@ pub fn verify(password: &str, stored: &str) -> bool {
         return bcrypt::verify(password, stored).unwrap_or(false);
     }
     match PasswordHash::new(stored) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -34,11 +36,15 @@ pub fn is_supported_hash(stored: &str) -> bool {
 }
 
 pub async fn hash_blocking(password: String) -> String {
-    tokio::task::spawn_blocking(move || hash(&password)).await.expect("hashing does not panic")
+    tokio::task::spawn_blocking(move || hash(&password))
+        .await
+        .expect("hashing does not panic")
 }
 
 pub async fn verify_blocking(password: String, stored: String) -> bool {
-    tokio::task::spawn_blocking(move || verify(&password, &stored)).await.unwrap_or(false)
+    tokio::task::spawn_blocking(move || verify(&password, &stored))
+        .await
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

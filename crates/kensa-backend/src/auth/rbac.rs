@@ -94,16 +94,22 @@ const CLUSTER_WIDE_RESOURCES: &[&str] = &[
 ];
 
 fn subject_matches(binding: &Binding, caller: &Caller) -> bool {
-    binding.subjects.iter().any(|subject| match subject.kind.to_ascii_lowercase().as_str() {
-        "user" => subject.name == caller.username,
-        "group" => caller.groups.iter().any(|g| g == &subject.name),
-        _ => false,
-    })
+    binding
+        .subjects
+        .iter()
+        .any(|subject| match subject.kind.to_ascii_lowercase().as_str() {
+            "user" => subject.name == caller.username,
+            "group" => caller.groups.iter().any(|g| g == &subject.name),
+            _ => false,
+        })
 }
 
 /// Splits comma-joined entries (`"get,list"`), as Sensu does on validation.
 fn entries(list: &[String]) -> impl Iterator<Item = &str> {
-    list.iter().flat_map(|entry| entry.split(',')).map(str::trim).filter(|e| !e.is_empty())
+    list.iter()
+        .flat_map(|entry| entry.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
 }
 
 fn rule_matches(rule: &Rule, request: &Request, cluster_scope: bool) -> bool {
@@ -113,14 +119,20 @@ fn rule_matches(rule: &Rule, request: &Request, cluster_scope: bool) -> bool {
             || (r == "*" && (cluster_scope || !CLUSTER_WIDE_RESOURCES.contains(&request.resource)))
     });
     let name_ok = rule.resource_names.is_empty()
-        || request.name.is_some_and(|name| entries(&rule.resource_names).any(|n| n == name));
+        || request
+            .name
+            .is_some_and(|name| entries(&rule.resource_names).any(|n| n == name));
     verb_ok && resource_ok && name_ok
 }
 
 fn role_allows(role: Option<Arc<Value>>, request: &Request, cluster_scope: bool) -> bool {
     let Some(role) = role else { return false };
-    let Ok(role) = RoleRules::deserialize(role.as_ref()) else { return false };
-    role.rules.iter().any(|rule| rule_matches(rule, request, cluster_scope))
+    let Ok(role) = RoleRules::deserialize(role.as_ref()) else {
+        return false;
+    };
+    role.rules
+        .iter()
+        .any(|rule| rule_matches(rule, request, cluster_scope))
 }
 
 fn parse_binding(value: &Value) -> Option<Binding> {
@@ -130,14 +142,22 @@ fn parse_binding(value: &Value) -> Option<Binding> {
 /// The decision for `request` by `caller`.
 pub fn allowed(source: &dyn RbacSource, caller: &Caller, request: &Request) -> bool {
     for binding in source.cluster_role_bindings() {
-        let Some(binding) = parse_binding(&binding) else { continue };
-        if subject_matches(&binding, caller) && role_allows(source.cluster_role(&binding.role_ref.name), request, true) {
+        let Some(binding) = parse_binding(&binding) else {
+            continue;
+        };
+        if subject_matches(&binding, caller)
+            && role_allows(source.cluster_role(&binding.role_ref.name), request, true)
+        {
             return true;
         }
     }
-    let Some(namespace) = request.namespace else { return false };
+    let Some(namespace) = request.namespace else {
+        return false;
+    };
     for binding in source.role_bindings(namespace) {
-        let Some(binding) = parse_binding(&binding) else { continue };
+        let Some(binding) = parse_binding(&binding) else {
+            continue;
+        };
         if !subject_matches(&binding, caller) {
             continue;
         }
@@ -156,7 +176,8 @@ pub fn allowed(source: &dyn RbacSource, caller: &Caller, request: &Request) -> b
 /// True if `caller` holds any grant in `namespace` (a namespace is listed to a user when it
 /// is), or any cluster-wide grant.
 pub fn can_see_namespace(source: &dyn RbacSource, caller: &Caller, namespace: &str) -> bool {
-    let bound = |value: &Arc<Value>| parse_binding(value).is_some_and(|b| subject_matches(&b, caller));
+    let bound =
+        |value: &Arc<Value>| parse_binding(value).is_some_and(|b| subject_matches(&b, caller));
     source
         .cluster_role_bindings()
         .iter()
@@ -166,7 +187,11 @@ pub fn can_see_namespace(source: &dyn RbacSource, caller: &Caller, namespace: &s
             // system:user (self-service only) does not make every namespace visible.
             source.cluster_role(&b.role_ref.name).is_some_and(|role| {
                 RoleRules::deserialize(role.as_ref())
-                    .map(|r| r.rules.iter().any(|rule| entries(&rule.resources).any(|res| res != "localselfuser")))
+                    .map(|r| {
+                        r.rules
+                            .iter()
+                            .any(|rule| entries(&rule.resources).any(|res| res != "localselfuser"))
+                    })
                     .unwrap_or(false)
             })
         })
@@ -198,21 +223,40 @@ mod tests {
             self.cluster_roles.get(name).cloned()
         }
         fn role(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
-            self.roles.get(&(namespace.to_owned(), name.to_owned())).cloned()
+            self.roles
+                .get(&(namespace.to_owned(), name.to_owned()))
+                .cloned()
         }
     }
 
     fn caller(name: &str, groups: &[&str]) -> Caller {
-        Caller { username: name.into(), groups: groups.iter().map(|g| g.to_string()).collect(), api_key: false }
+        Caller {
+            username: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            api_key: false,
+        }
     }
 
-    fn req<'a>(verb: &'a str, resource: &'a str, ns: Option<&'a str>, name: Option<&'a str>) -> Request<'a> {
-        Request { verb, resource, namespace: ns, name }
+    fn req<'a>(
+        verb: &'a str,
+        resource: &'a str,
+        ns: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Request<'a> {
+        Request {
+            verb,
+            resource,
+            namespace: ns,
+            name,
+        }
     }
 
     fn source() -> Maps {
         let mut maps = Maps::default();
-        maps.cluster_roles.insert("cluster-admin".into(), Arc::new(json!({"rules": [{"verbs": ["*"], "resources": ["*"]}]})));
+        maps.cluster_roles.insert(
+            "cluster-admin".into(),
+            Arc::new(json!({"rules": [{"verbs": ["*"], "resources": ["*"]}]})),
+        );
         maps.cluster_roles.insert(
             "view".into(),
             Arc::new(json!({"rules": [{"verbs": ["get", "list"], "resources": ["checks", "events", "namespaces"]}]})),
@@ -247,16 +291,30 @@ mod tests {
             (&viewer, req("get", "checks", Some("dev"), Some("c")), true),
             (&viewer, req("list", "events", Some("dev"), None), true),
             (&viewer, req("create", "checks", Some("dev"), None), false),
-            (&viewer, req("get", "checks", Some("prod"), Some("c")), false),
+            (
+                &viewer,
+                req("get", "checks", Some("prod"), Some("c")),
+                false,
+            ),
             (&viewer, req("list", "checks", None, None), false),
-            (&ops, req("delete", "handlers", Some("dev"), Some("h")), true),
+            (
+                &ops,
+                req("delete", "handlers", Some("dev"), Some("h")),
+                true,
+            ),
             // A Role's `*` does not reach cluster-wide types, even with a namespace in the request.
             (&ops, req("get", "users", Some("dev"), Some("alice")), false),
             (&ops, req("get", "users", Some("dev"), Some("bob")), true),
             (&ops, req("get", "checks", Some("prod"), Some("c")), false),
         ];
         for (who, request, expected) in cases {
-            assert_eq!(allowed(&maps, who, &request), expected, "{} {:?}", who.username, request);
+            assert_eq!(
+                allowed(&maps, who, &request),
+                expected,
+                "{} {:?}",
+                who.username,
+                request
+            );
         }
     }
 
@@ -265,6 +323,10 @@ mod tests {
         let maps = source();
         assert!(can_see_namespace(&maps, &caller("viewer", &[]), "dev"));
         assert!(!can_see_namespace(&maps, &caller("viewer", &[]), "prod"));
-        assert!(can_see_namespace(&maps, &caller("admin", &["cluster-admins"]), "prod"));
+        assert!(can_see_namespace(
+            &maps,
+            &caller("admin", &["cluster-admins"]),
+            "prod"
+        ));
     }
 }

@@ -20,15 +20,28 @@ pub struct Answer {
 
 impl Client {
     pub fn anonymous(base: &str) -> Client {
-        Client { http: reqwest::Client::new(), base: base.to_owned(), auth: None }
+        Client {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+            auth: None,
+        }
     }
 
     pub async fn login(base: &str, user: &str, password: &str) -> Client {
         let mut client = Client::anonymous(base);
-        let answer = client.http.get(format!("{base}/auth")).basic_auth(user, Some(password)).send().await.unwrap();
+        let answer = client
+            .http
+            .get(format!("{base}/auth"))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status(), StatusCode::OK, "login as {user}");
         let tokens: Value = answer.json().await.unwrap();
-        client.auth = Some(format!("Bearer {}", tokens["access_token"].as_str().unwrap()));
+        client.auth = Some(format!(
+            "Bearer {}",
+            tokens["access_token"].as_str().unwrap()
+        ));
         client
     }
 
@@ -36,8 +49,18 @@ impl Client {
         self.call_with(method, path, body, &[]).await
     }
 
-    pub async fn call_with(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Answer {
-        let url = if path.starts_with('/') { format!("{}{path}", self.base) } else { format!("{}/api/core/v2/{path}", self.base) };
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let url = if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/api/core/v2/{path}", self.base)
+        };
         let mut request = self.http.request(method, url);
         if let Some(auth) = &self.auth {
             request = request.header("Authorization", auth);
@@ -53,7 +76,12 @@ impl Client {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer { status, headers, body, text }
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -73,6 +101,11 @@ impl Client {
 /// Asserts a status and returns the answer, printing the body on failure.
 #[track_caller]
 pub fn expect(answer: Answer, status: u16) -> Answer {
-    assert_eq!(answer.status.as_u16(), status, "unexpected answer: {}", answer.text);
+    assert_eq!(
+        answer.status.as_u16(),
+        status,
+        "unexpected answer: {}",
+        answer.text
+    );
     answer
 }

@@ -38,12 +38,17 @@ pub fn merge_check(previous: Option<&Value>, mut check: Value) -> Value {
     let status = check["status"].as_u64().unwrap_or(0);
     let executed = check["executed"].as_i64().unwrap_or(0);
 
-    let mut history: Vec<Value> = previous.and_then(|p| p["history"].as_array().cloned()).unwrap_or_default();
+    let mut history: Vec<Value> = previous
+        .and_then(|p| p["history"].as_array().cloned())
+        .unwrap_or_default();
     history.push(json!({"status": status, "executed": executed}));
     if history.len() > HISTORY_LEN {
         history.drain(..history.len() - HISTORY_LEN);
     }
-    let statuses: Vec<u64> = history.iter().map(|h| h["status"].as_u64().unwrap_or(0)).collect();
+    let statuses: Vec<u64> = history
+        .iter()
+        .map(|h| h["status"].as_u64().unwrap_or(0))
+        .collect();
     let tsc = total_state_change(&statuses);
 
     let low = check["low_flap_threshold"].as_u64().unwrap_or(0) as u32;
@@ -69,7 +74,11 @@ pub fn merge_check(previous: Option<&Value>, mut check: Value) -> Value {
             let prev_occurrences = previous["occurrences"].as_i64().unwrap_or(0);
             let prev_watermark = previous["occurrences_watermark"].as_i64().unwrap_or(0);
             let prev_status = statuses.len().checked_sub(2).map(|i| statuses[i]);
-            let occurrences = if prev_status == Some(status) { prev_occurrences + 1 } else { 1 };
+            let occurrences = if prev_status == Some(status) {
+                prev_occurrences + 1
+            } else {
+                1
+            };
             let watermark = if status != 0 && prev_status == Some(0) {
                 1
             } else if occurrences <= prev_watermark {
@@ -125,9 +134,15 @@ mod tests {
     #[test]
     fn occurrences_watermark_and_last_ok() {
         let events = run(&[0, 0, 2, 2, 2, 0, 1], 0, 0);
-        let occ: Vec<i64> = events.iter().map(|e| e["occurrences"].as_i64().unwrap()).collect();
+        let occ: Vec<i64> = events
+            .iter()
+            .map(|e| e["occurrences"].as_i64().unwrap())
+            .collect();
         assert_eq!(occ, vec![1, 2, 1, 2, 3, 1, 1]);
-        let wm: Vec<i64> = events.iter().map(|e| e["occurrences_watermark"].as_i64().unwrap()).collect();
+        let wm: Vec<i64> = events
+            .iter()
+            .map(|e| e["occurrences_watermark"].as_i64().unwrap())
+            .collect();
         assert_eq!(wm, vec![1, 2, 1, 2, 3, 3, 1]);
         assert_eq!(events[4]["last_ok"], 1001);
         assert_eq!(events[5]["last_ok"], 1005);
@@ -141,16 +156,34 @@ mod tests {
         let mut statuses: Vec<u64> = (0..10).map(|i| (i % 2) * 2).collect();
         statuses.extend(std::iter::repeat_n(0, 21));
         let events = run(&statuses, 20, 40);
-        let states: Vec<&str> = events.iter().map(|e| e["state"].as_str().unwrap()).collect();
-        let start = states.iter().position(|s| *s == "flapping").expect("flapping starts");
+        let states: Vec<&str> = events
+            .iter()
+            .map(|e| e["state"].as_str().unwrap())
+            .collect();
+        let start = states
+            .iter()
+            .position(|s| *s == "flapping")
+            .expect("flapping starts");
         assert!(events[start]["total_state_change"].as_u64().unwrap() >= 40);
-        let end = start + states[start..].iter().position(|s| *s != "flapping").expect("flapping ends");
+        let end = start
+            + states[start..]
+                .iter()
+                .position(|s| *s != "flapping")
+                .expect("flapping ends");
         // Hysteresis: while flapping, it stays flapping as long as TSC > low (20), even below high.
         for e in &events[start..end] {
             assert!(e["total_state_change"].as_u64().unwrap() > 20);
         }
         assert!(events[end]["total_state_change"].as_u64().unwrap() <= 20);
-        assert!(events[start..end].iter().any(|e| e["total_state_change"].as_u64().unwrap() < 40), "hysteresis kept it flapping below high");
-        assert_eq!(events.last().unwrap()["history"].as_array().unwrap().len(), HISTORY_LEN);
+        assert!(
+            events[start..end]
+                .iter()
+                .any(|e| e["total_state_change"].as_u64().unwrap() < 40),
+            "hysteresis kept it flapping below high"
+        );
+        assert_eq!(
+            events.last().unwrap()["history"].as_array().unwrap().len(),
+            HISTORY_LEN
+        );
     }
 }
