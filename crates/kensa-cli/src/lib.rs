@@ -5,8 +5,8 @@
 //! ([`output`]). The `kensactl` binary (`src/bin/kensactl/`) is only argument parsing and
 //! orchestration on top of these.
 //!
-//! Invariants: only [`client`] talks HTTP (besides [`documents::read_source`] fetching
-//! `http(s)://` files), and nothing here prints; the binary decides what reaches the terminal.
+//! Invariants: only [`client`] talks HTTP (`-f https://...` sources are fetched through it, so
+//! TLS settings apply), and nothing here prints; the binary decides what reaches the terminal.
 //! Everything that is "per kind" goes through [`kensa_types::Kind`] or one of the tables in
 //! [`output`] and [`resources`], never through a hand-written branch per resource.
 

@@ -220,6 +220,13 @@ pub fn prepare(
             json_type(&document.value)
         )));
     };
+    if !object.contains_key("type") {
+        return Err(fail(
+            "the document has no \"type\": write it wrapped as {type, api_version, metadata, spec} \
+             (e.g. `type: CheckConfig` with the fields under `spec:`), or add `type` next to the fields"
+                .to_owned(),
+        ));
+    }
     let wrapped = object.contains_key("spec");
     let (kind, mut body) = if wrapped {
         let envelope: Wrapped = serde_json::from_value(document.value.clone())
@@ -270,15 +277,10 @@ pub fn prepare(
     })
 }
 
-/// An unwrapped document that names its kind with `type` (and optionally `api_version`).
+/// An unwrapped document that names its kind with `type` (and optionally `api_version`); the
+/// caller has checked that `type` is there.
 fn unwrapped_with_type(object: &Map<String, Value>) -> Result<(Kind, Value), String> {
-    let Some(type_value) = object.get("type") else {
-        return Err(
-            "the document has no \"type\": write it wrapped as {type, api_version, metadata, spec} \
-             (e.g. `type: CheckConfig` with the fields under `spec:`), or add `type` next to the fields"
-                .to_owned(),
-        );
-    };
+    let type_value = object.get("type").unwrap_or(&Value::Null);
     let type_name = type_value.as_str().unwrap_or_default();
     let kind = Kind::from_type_name(type_name).ok_or_else(|| {
         format!(
@@ -571,6 +573,7 @@ mod tests {
             r#"errors.yaml: document 8 (line 40): spec: no spec provided"#,
             r#"errors.yaml: document 9 (line 45): CheckConfig "bad-interval": spec.interval: invalid type: string "often""#,
             r#"errors.yaml: document 10 (line 53): CheckConfig "bad-ttl": spec.ttl: ttl must be greater than check interval"#,
+            r#"errors.yaml: document 11 (line 57): the document has no "type""#,
         ];
         assert_eq!(messages.len(), expected.len(), "{messages:#?}");
         for (got, want) in messages.iter().zip(expected) {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use kensa_backend::testing::TestServer;
@@ -420,26 +420,31 @@ fn a_failed_write_reports_what_was_applied() {
     let h = Harness::start();
     h.configure();
     let stderr = h.fail(&["create", "-f", &fixture("midway-failure.yaml")]);
-    let applied = stderr
-        .find("applied before the failure (1):")
+    let (headline, rest) = stderr
+        .split_once("\napplied before the failure (1):")
         .expect(&stderr);
-    let not_applied = stderr.find("not applied (2):").expect(&stderr);
-    assert!(applied < not_applied, "{stderr}");
-    let after = |needle: &str| {
-        stderr
-            .find(needle)
-            .unwrap_or_else(|| panic!("{needle:?} missing in {stderr}"))
-    };
-    assert!(after("HookConfig \"applied-hook\" in namespace \"default\"") > applied);
-    assert!(after("HookConfig \"orphan-hook\" in namespace \"no-such-namespace\" (") > not_applied);
+    let (applied, not_applied) = rest.split_once("\nnot applied (2):").expect(&stderr);
     assert!(
-        stderr.contains("<- failed")
-            && stderr.contains("HookConfig \"never-attempted\"")
-            && stderr.contains("<- not attempted")
+        headline.contains("HookConfig \"orphan-hook\" in namespace \"no-such-namespace\"")
+            && headline.contains("midway-failure.yaml: document 2, line 8")
+            && headline.contains("(HTTP 404 Not Found)"),
+        "the failed write, where it is, and the server's answer: {stderr}"
     );
     assert!(
-        stderr.contains("(HTTP "),
-        "the server's status is shown: {stderr}"
+        applied.contains("HookConfig \"applied-hook\" in namespace \"default\""),
+        "{stderr}"
+    );
+    assert!(
+        !applied.contains("orphan-hook") && !applied.contains("never-attempted"),
+        "{stderr}"
+    );
+    assert!(
+        not_applied.contains("\"orphan-hook\" in namespace \"no-such-namespace\" (")
+            && not_applied.contains("<- failed")
+    );
+    assert!(
+        not_applied.contains("\"never-attempted\"") && not_applied.contains("<- not attempted"),
+        "{stderr}"
     );
     assert_eq!(h.names(&["hook", "list"]), ["applied-hook"]);
 }
@@ -623,6 +628,18 @@ fn checks_events_and_paging() {
         .contains("Issued"));
     let stderr = h.fail(&["check", "execute", "no-such-check"]);
     assert!(stderr.contains("HTTP 404"), "{stderr}");
+
+    // selectors are passed to the server
+    let labelled = h.names(&["check", "list", "--label-selector", "team == ops"]);
+    assert_eq!(labelled, ["check-cpu"]);
+    let by_field = h.names(&[
+        "check",
+        "list",
+        "--all-namespaces",
+        "--field-selector",
+        "web in check.subscriptions",
+    ]);
+    assert_eq!(by_field, ["check-http"]);
 
     // more checks than one page holds
     let mut many = String::new();
@@ -830,8 +847,31 @@ fn configuration_from_sensu_variables_and_token_refresh() {
     );
 }
 
+/// Serves `body` to exactly one HTTP request on a port-0 listener; returns the URL.
+fn serve_once(body: String) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/resources.yaml", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    });
+    (url, handle)
+}
+
 #[test]
-fn directories_and_recursion() {
+fn sources_directories_urls_and_stdin() {
     let h = Harness::start();
     h.configure();
     let dir = h.scratch.path().join("configs");
@@ -851,5 +891,86 @@ fn directories_and_recursion() {
     let mut names = h.names(&["hook", "list"]);
     names.sort();
     assert_eq!(names, ["deep", "top"]);
-    assert!(Path::new(dir_arg).exists());
+
+    // an http URL and stdin (no -f) in the same session
+    let (url, server) = serve_once(hook("from-url"));
+    h.ok(&["create", "-f", &url]);
+    server.join().unwrap();
+    succeeded(
+        &["create (stdin)"],
+        h.run_with_stdin(&["create"], &hook("from-stdin")),
+    );
+    let mut names = h.names(&["hook", "list"]);
+    names.sort();
+    assert_eq!(names, ["deep", "from-stdin", "from-url", "top"]);
+
+    // wrapped-json dumps read back as JSON streams, and delete takes them
+    let dump = h.ok(&["dump", "hooks", "--format", "wrapped-json"]);
+    assert!(dump.trim_start().starts_with('{'), "{dump}");
+    let out = succeeded(
+        &["delete (stdin)"],
+        h.run_with_stdin(&["delete", "-f", "-"], &dump),
+    );
+    assert!(out.contains("Deleted 4 resources"), "{out}");
+    assert!(h.names(&["hook", "list"]).is_empty());
+}
+
+#[test]
+fn every_resource_command_lists_in_every_format() {
+    let h = Harness::start();
+    h.configure();
+    let commands = [
+        "asset",
+        "check",
+        "cluster-role",
+        "cluster-role-binding",
+        "entity",
+        "event",
+        "filter",
+        "handler",
+        "hook",
+        "mutator",
+        "namespace",
+        "pipeline",
+        "role",
+        "role-binding",
+        "silenced",
+        "user",
+        "api-key",
+    ];
+    for command in commands {
+        let table = h.ok(&[command, "list"]);
+        assert!(
+            table.lines().nth(1).is_some_and(|l| l.contains('─')),
+            "{command}: {table}"
+        );
+        let json: Value =
+            serde_json::from_str(&h.ok(&[command, "list", "--format", "json"])).unwrap();
+        assert!(json.is_array(), "{command}");
+        h.ok(&[command, "list", "--format", "yaml"]);
+        h.ok(&[
+            command,
+            "list",
+            "--format",
+            "wrapped-json",
+            "--all-namespaces",
+        ]);
+    }
+    // seeded resources render in every format, and a YAML list reads back as documents
+    let yaml = h.ok(&["cluster-role", "list", "--format", "yaml"]);
+    let index = dump_index(&yaml);
+    assert!(
+        index.contains_key(&("ClusterRole".into(), String::new(), "cluster-admin".into())),
+        "{yaml}"
+    );
+    let info = h.ok(&["user", "info", "admin"]);
+    assert!(info.contains("cluster-admins"), "{info}");
+    let info = h.ok(&[
+        "cluster-role-binding",
+        "info",
+        "cluster-admin",
+        "--format",
+        "wrapped-json",
+    ]);
+    assert!(info.contains("\"type\": \"ClusterRoleBinding\""), "{info}");
 }

@@ -38,18 +38,19 @@ fn plan(ctx: &mut Context, args: &FileArgs, purpose: Purpose) -> Result<Vec<Plan
     let mut errors: Vec<DocumentError> = Vec::new();
     let mut total = 0;
     for source in &sources {
-        let (documents, parse_errors) = parse_source(source);
-        total += documents.len() + parse_errors.len();
-        errors.extend(parse_errors);
+        let (documents, mut source_errors) = parse_source(source);
+        total += documents.len() + source_errors.len();
         for document in &documents {
             match prepare(document, &namespace, purpose) {
                 Ok(resource) => planned.push(resource),
-                Err(err) => errors.push(err),
+                Err(err) => source_errors.push(err),
             }
         }
+        // Reported in file order, sources in the order given.
+        source_errors.sort_by_key(|err| err.index);
+        errors.extend(source_errors);
     }
     if !errors.is_empty() {
-        errors.sort_by(|a, b| (&a.origin, a.index).cmp(&(&b.origin, b.index)));
         let mut message = format!(
             "{} of {total} documents are invalid; nothing was written",
             errors.len()
@@ -218,17 +219,24 @@ pub fn dump(ctx: &mut Context, args: DumpArgs) -> Result<()> {
     Ok(())
 }
 
-/// The editor command: `$VISUAL`, then `$EDITOR`, then `vi`.
-fn editor() -> String {
-    ["VISUAL", "EDITOR"]
+/// The editor command: `$VISUAL`, then `$EDITOR`, then `vi` — the fallback only on a
+/// terminal, where a full-screen editor can work.
+fn editor() -> Result<String> {
+    let configured = ["VISUAL", "EDITOR"]
         .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| "vi".to_owned())
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()));
+    match configured {
+        Some(editor) => Ok(editor),
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => Ok("vi".to_owned()),
+        None => {
+            bail!("no editor: set VISUAL or EDITOR (stdin is not a terminal, so vi cannot be used)")
+        }
+    }
 }
 
 /// Runs the editor on `path` through the shell, so that `EDITOR="code --wait"` works.
 fn run_editor(path: &std::path::Path) -> Result<()> {
-    let editor = editor();
+    let editor = editor()?;
     let status = if cfg!(windows) {
         Command::new("cmd")
             .arg("/C")
@@ -267,7 +275,9 @@ pub fn edit(ctx: &mut Context, args: EditArgs) -> Result<()> {
     };
     let reference = ResourceRef::new(kind, namespace.clone(), args.name);
     let client = ctx.client()?;
-    let original = client.get(&reference)?;
+    let original = client
+        .get(&reference)
+        .with_context(|| reference.to_string())?;
     if kind == Kind::Entity && original["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY_AGENT
     {
         bail!("{reference} is managed by its agent: change the agent's configuration instead");

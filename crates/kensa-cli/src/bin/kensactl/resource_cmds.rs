@@ -53,7 +53,10 @@ fn list(ctx: &mut Context, kind: Kind, args: &ListArgs) -> Result<()> {
 
 fn info(ctx: &mut Context, reference: ResourceRef) -> Result<()> {
     let format = ctx.format();
-    let item = ctx.client()?.get(&reference)?;
+    let item = ctx
+        .client()?
+        .get(&reference)
+        .with_context(|| reference.to_string())?;
     print!("{}", output::one(reference.kind, &item, format));
     Ok(())
 }
@@ -63,7 +66,9 @@ fn delete(ctx: &mut Context, reference: ResourceRef, skip_confirm: bool, done: &
         println!("Canceled");
         return Ok(());
     }
-    ctx.client()?.delete(&reference)?;
+    ctx.client()?
+        .delete(&reference)
+        .with_context(|| reference.to_string())?;
     println!("{done}");
     Ok(())
 }
@@ -107,7 +112,9 @@ pub fn event(ctx: &mut Context, action: EventCmd) -> Result<()> {
             // As sensuctl: the stored event, with a passing result recorded now.
             let reference = event_ref(ctx, &entity, &check);
             let client = ctx.client()?;
-            let mut event = client.get(&reference)?;
+            let mut event = client
+                .get(&reference)
+                .with_context(|| reference.to_string())?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
