@@ -24,6 +24,7 @@ ANSIBLE_VERSION="${KENSA_ANSIBLE_VERSION:-8.7.0}"
 BCRYPT_VERSION="${KENSA_BCRYPT_VERSION:-4.2.0}"
 PYTHON="${KENSA_PYTHON:-python3}"
 VENV="${KENSA_ANSIBLE_VENV:-${HOME:?HOME is not set}/.cache/kensa/ansible-venv}"
+[[ "$VENV" == /* ]] || VENV="$PWD/$VENV"   # print an absolute path
 STAMP="$VENV/.kensa-ansible-${ANSIBLE_VERSION}-bcrypt-${BCRYPT_VERSION}"
 LOG=""
 

@@ -172,6 +172,18 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
         ),
         ("namespaces/default/gizmos/g", json!({}), 404, "not found"),
         (
+            "namespaces/default/filters/js",
+            json!({"action": "allow", "expressions": ["event.check.occurrences == 1", "event.check.status = = 2"]}),
+            400,
+            "expressions[1]",
+        ),
+        (
+            "namespaces/default/mutators/m",
+            json!({"type": "javascript", "eval": "return {"}),
+            400,
+            "eval",
+        ),
+        (
             "namespaces/default/checks/big",
             json!({"command": "x".repeat(5000), "interval": 10}),
             413,
@@ -346,10 +358,14 @@ async fn entity_label_values_are_redacted_on_read_but_kept() {
     let server = TestServer::start().await.unwrap();
     let api = admin(&server).await;
     let entity = json!({"entity_class": "proxy", "metadata": {"name": "db1", "labels": {"password": "hunter2", "API_Key": "k-123", "role": "db"}}});
-    expect(
+    let written = expect(
         api.put("namespaces/default/entities/db1", &entity).await,
-        201,
-    );
+        200,
+    )
+    .body;
+    assert_eq!(written["metadata"]["labels"]["password"], "REDACTED");
+    // A proxy entity keeps exactly the subscriptions it was given.
+    assert_eq!(written["subscriptions"], Value::Null);
     let got = expect(api.get("namespaces/default/entities/db1").await, 200).body;
     assert_eq!(got["metadata"]["labels"]["role"], "db");
     assert_eq!(got["metadata"]["labels"]["password"], "REDACTED");

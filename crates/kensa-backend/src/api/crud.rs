@@ -80,7 +80,48 @@ pub fn prepare_metadata_body(
         "created_by".to_owned(),
         Value::String(caller.username.clone()),
     );
-    Ok(kind.normalize(body)?)
+    let value = kind.normalize(body)?;
+    validate_javascript(kind, &value)?;
+    Ok(value)
+}
+
+/// Rejects JavaScript that does not parse — filter expressions, asset filters, proxy entity
+/// attributes, JavaScript mutators — when the resource is written, naming the field and the
+/// position, instead of failing on every event later.
+pub fn validate_javascript(kind: Kind, value: &Value) -> ApiResult<()> {
+    let strings = |v: &Value, field: &str| -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_str().map(|e| (format!("{field}[{i}]"), e.to_owned())))
+            .collect()
+    };
+    let expressions = match kind {
+        Kind::EventFilter => strings(&value["expressions"], "expressions"),
+        Kind::CheckConfig => strings(
+            &value["proxy_requests"]["entity_attributes"],
+            "proxy_requests.entity_attributes",
+        ),
+        Kind::Asset => {
+            let mut all = strings(&value["filters"], "filters");
+            for (b, build) in value["builds"].as_array().into_iter().flatten().enumerate() {
+                all.extend(strings(&build["filters"], &format!("builds[{b}].filters")));
+            }
+            all
+        }
+        Kind::Mutator if value["type"] == "javascript" => {
+            let eval = value["eval"].as_str().unwrap_or_default();
+            return kensa_eval::validate_mutator(eval)
+                .map_err(|err| ApiError::bad_request(format!("resource is invalid: eval: {err}")));
+        }
+        _ => return Ok(()),
+    };
+    for (field, expression) in expressions {
+        kensa_eval::validate_expression(&expression)
+            .map_err(|err| ApiError::bad_request(format!("resource is invalid: {field}: {err}")))?;
+    }
+    Ok(())
 }
 
 /// Sets `meta[field]` to the URL's value when empty; errors when it differs (Sensu's message).

@@ -483,7 +483,11 @@ async fn entities(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
                 url_name.as_deref(),
                 &request.caller,
             )?;
-            ensure_entity_subscription(&mut value);
+            // Agent entities always subscribe to `entity:<name>`; other classes keep exactly the
+            // subscriptions they were given (clients compare them as sets).
+            if value["entity_class"] == "agent" {
+                ensure_entity_subscription(&mut value);
+            }
             let name = kind.name_of(&value).ok_or_else(|| {
                 ApiError::bad_request("resource is invalid: metadata.name: must not be empty")
             })?;
@@ -500,7 +504,8 @@ async fn entities(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
             } else {
                 crud::create(state, &key, &value).await?;
             }
-            Ok(created())
+            // Sensu answers entity writes with 200 and the entity.
+            Ok(axum::Json(crud::present(kind, value)).into_response())
         }
         (&Method::DELETE, Some(name)) => {
             state
