@@ -473,13 +473,24 @@ impl Store for SqliteStore {
         {
             push_name_prefix(&mut select, prefix);
         }
-        if let Some((namespace, name)) = after {
-            select
-                .push(" AND (namespace, name) > (")
-                .push_bind(namespace)
-                .push(", ")
-                .push_bind(name)
-                .push(")");
+        // Spelled so that SQLite seeks the primary key to the cursor: with the namespace fixed,
+        // a plain `name > ?` range; a row-value comparison made it scan from the first row,
+        // so each page cost as much as all pages before it.
+        match (after, &query.namespace) {
+            (Some((_, name)), Some(_)) => {
+                select.push(" AND name > ").push_bind(name);
+            }
+            (Some((namespace, name)), None) => {
+                select
+                    .push(" AND (namespace > ")
+                    .push_bind(namespace.clone())
+                    .push(" OR (namespace = ")
+                    .push_bind(namespace)
+                    .push(" AND name > ")
+                    .push_bind(name)
+                    .push("))");
+            }
+            (None, _) => {}
         }
         // One row more than the page tells whether another page follows.
         select
