@@ -1,7 +1,8 @@
 //! The `api` benchmark: seeds N entities and N events through the REST API (unless
 //! `--skip-seed`), then measures what an operator's tools do against a large store — paging
 //! the whole event list with `limit`, single-resource GETs of random events and entities, and
-//! one unlimited (streamed) event listing — while sampling the backend's RSS per phase.
+//! one unlimited (streamed) event listing — while sampling the backend's RSS and the CPU time
+//! of backend, load generator and machine per phase.
 //!
 //! Names are deterministic (`bench-000042`, check `bench-0`), so `--skip-seed` can measure a
 //! store seeded by an earlier run. Every response is checked (status, item counts): a
@@ -20,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::client::{unix_now, ApiClient, Exchange};
-use crate::rss::RssSampler;
+use crate::procfs::ProcessMonitor;
 use crate::stats::{round1, round3, PhaseTimings};
 
 #[derive(Debug, Args)]
@@ -66,7 +67,7 @@ pub struct ApiArgs {
     /// Skip the unlimited (streamed) listing of all events.
     #[arg(long)]
     pub skip_full_listing: bool,
-    /// PID of the backend, to sample its RSS from /proc (omit to report no memory figures).
+    /// PID of the backend, to sample its RSS and CPU time from /proc (omit for no such figures).
     #[arg(long)]
     pub backend_pid: Option<u32>,
     #[arg(long, default_value_t = 100)]
@@ -113,8 +114,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Value> {
         .await
         .ok()
         .and_then(|e| serde_json::from_slice::<Value>(&e.body).ok());
-    let rss = match args.backend_pid {
-        Some(pid) => Some(RssSampler::start(
+    let monitor = match args.backend_pid {
+        Some(pid) => Some(ProcessMonitor::start(
             pid,
             Duration::from_millis(args.rss_interval_ms.max(1)),
         )?),
@@ -122,8 +123,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Value> {
     };
     let phase = |name: &str| {
         progress(format_args!("phase {name}"));
-        if let Some(rss) = &rss {
-            rss.phase(name);
+        if let Some(monitor) = &monitor {
+            monitor.phase(name);
         }
     };
     let names = Names {
@@ -148,12 +149,13 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Value> {
         args.page_limit,
         args.page_passes,
         args.events,
-        rss.as_ref(),
+        monitor.as_ref(),
     )
     .await?;
 
     phase("get_events");
     let get_events = random_gets(
+        "get_events",
         &client,
         args.gets,
         args.get_concurrency,
@@ -168,6 +170,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Value> {
 
     phase("get_entities");
     let get_entities = random_gets(
+        "get_entities",
         &client,
         args.gets,
         args.get_concurrency,
@@ -186,6 +189,10 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Value> {
         full_listing(&client, &names).await?
     };
 
+    let (rss_report, phases_report) = match monitor {
+        Some(monitor) => monitor.finish(),
+        None => (Value::Null, Value::Null),
+    };
     Ok(json!({
         "benchmark": "api",
         "label": args.label,
@@ -212,7 +219,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Value> {
         "get_event": get_events,
         "get_entity": get_entities,
         "full_listing": full_listing,
-        "rss": rss.map(RssSampler::finish),
+        "rss": rss_report,
+        "phases": phases_report,
     }))
 }
 
@@ -327,7 +335,7 @@ async fn page_events(
     limit: usize,
     passes: usize,
     expected: usize,
-    rss: Option<&RssSampler>,
+    monitor: Option<&ProcessMonitor>,
 ) -> anyhow::Result<Value> {
     let mut timings = PhaseTimings::default();
     let mut items_per_pass = Vec::with_capacity(passes);
@@ -351,7 +359,7 @@ async fn page_events(
             if pass == 0 {
                 first_pass_page_ms.push(round3(exchange.elapsed.as_secs_f64() * 1000.0));
                 if first_pass_page_ms.len() == 1 {
-                    rss_after_first_page_kib = rss.and_then(RssSampler::current_kib);
+                    rss_after_first_page_kib = monitor.and_then(ProcessMonitor::current_kib);
                 }
             }
             body_bytes += exchange.body.len();
@@ -382,7 +390,7 @@ async fn page_events(
             "paging pass {pass}: {items} events listed, at least {expected} expected"
         );
         items_per_pass.push(items);
-        rss_after_pass_kib.push(rss.and_then(RssSampler::current_kib));
+        rss_after_pass_kib.push(monitor.and_then(ProcessMonitor::current_kib));
     }
     timings.wall = started.elapsed();
     let pages = timings.latencies.len();
@@ -401,6 +409,7 @@ async fn page_events(
 
 /// `count` GETs of `path_of(random index)` with `concurrency` in flight; each must be a 200.
 async fn random_gets(
+    name: &str,
     client: &Arc<ApiClient>,
     count: usize,
     concurrency: usize,
@@ -408,7 +417,7 @@ async fn random_gets(
     path_of: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> anyhow::Result<Value> {
     let path_of = Arc::new(path_of);
-    let timings = run_concurrent("gets", count, concurrency, {
+    let timings = run_concurrent(name, count, concurrency, {
         let client = client.clone();
         move |index| {
             let client = client.clone();

@@ -9,7 +9,7 @@
 
 mod api;
 mod client;
-mod rss;
+mod procfs;
 mod stats;
 
 use std::path::PathBuf;

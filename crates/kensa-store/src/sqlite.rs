@@ -481,14 +481,13 @@ impl Store for SqliteStore {
                 select.push(" AND name > ").push_bind(name);
             }
             (Some((namespace, name)), None) => {
+                // Without a namespace equality, this row-value form does seek the primary key.
                 select
-                    .push(" AND (namespace > ")
-                    .push_bind(namespace.clone())
-                    .push(" OR (namespace = ")
+                    .push(" AND (namespace, name) > (")
                     .push_bind(namespace)
-                    .push(" AND name > ")
+                    .push(", ")
                     .push_bind(name)
-                    .push("))");
+                    .push(")");
             }
             (None, _) => {}
         }

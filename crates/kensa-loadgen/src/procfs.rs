@@ -1,0 +1,299 @@
+//! What `/proc` says while a benchmark runs, attributed to the phase that was running
+//! (seeding, paging, single GETs…):
+//!
+//! - the backend's resident memory (`VmRSS` of `/proc/<pid>/status`), sampled on a fixed
+//!   interval: start, peak and end per phase. A phase whose peak grows with the number of
+//!   stored resources is the symptom of something loading a whole table. `VmHWM` (the
+//!   kernel's own high-water mark) is read at the end so a spike between samples is not missed;
+//! - CPU time per phase of the backend and of this load generator (`/proc/<pid>/stat`), and of
+//!   the whole machine (`/proc/stat`), so a report can say what the cores were busy with —
+//!   "other" is everything else, mostly the PostgreSQL server in a PostgreSQL run.
+//!
+//! CPU times are in clock ticks; Linux fixes `USER_HZ` at 100 on every architecture it exposes
+//! to user space, which is what we assume instead of calling `sysconf`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Map, Value};
+
+use crate::stats::round3;
+
+/// Clock ticks per second of `/proc` CPU times.
+const USER_HZ: f64 = 100.0;
+
+/// Watches one backend process until [`ProcessMonitor::finish`].
+pub struct ProcessMonitor {
+    pid: u32,
+    /// Shared with the sampling task. Held only for a few field updates, never across `.await`.
+    state: Arc<Mutex<MonitorState>>,
+    /// The RSS sampling loop; aborted by `finish` (it owns nothing but its `Arc` of the state).
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct MonitorState {
+    samples: u64,
+    start_kib: u64,
+    last_kib: u64,
+    peak_kib: u64,
+    /// In order; the last one is the phase currently running.
+    phases: Vec<Phase>,
+}
+
+#[derive(Debug)]
+struct Phase {
+    name: String,
+    started: Instant,
+    cpu_at_start: CpuSnapshot,
+    rss_start_kib: u64,
+    rss_peak_kib: u64,
+    rss_end_kib: u64,
+    /// Filled when the phase ends.
+    report: Option<Value>,
+}
+
+/// CPU ticks consumed so far by the backend, by this process and by the whole machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSnapshot {
+    backend: u64,
+    loadgen: u64,
+    machine_busy: u64,
+    machine_total: u64,
+}
+
+impl MonitorState {
+    fn record(&mut self, kib: u64) {
+        self.samples += 1;
+        self.last_kib = kib;
+        self.peak_kib = self.peak_kib.max(kib);
+        if let Some(phase) = self.phases.last_mut() {
+            phase.rss_peak_kib = phase.rss_peak_kib.max(kib);
+            phase.rss_end_kib = kib;
+        }
+    }
+
+    /// Ends the running phase (if any) at `now`/`cpu`.
+    fn close_phase(&mut self, now: Instant, cpu: CpuSnapshot) {
+        let Some(phase) = self.phases.last_mut().filter(|p| p.report.is_none()) else {
+            return;
+        };
+        let start = phase.cpu_at_start;
+        let seconds = |ticks: u64| round3(ticks as f64 / USER_HZ);
+        let backend = cpu.backend.saturating_sub(start.backend);
+        let loadgen = cpu.loadgen.saturating_sub(start.loadgen);
+        let busy = cpu.machine_busy.saturating_sub(start.machine_busy);
+        let total = cpu.machine_total.saturating_sub(start.machine_total);
+        let idle = total.saturating_sub(busy);
+        phase.report = Some(json!({
+            "wall_s": round3(now.duration_since(phase.started).as_secs_f64()),
+            "rss_start_kib": phase.rss_start_kib,
+            "rss_peak_kib": phase.rss_peak_kib,
+            "rss_end_kib": phase.rss_end_kib,
+            "backend_cpu_s": seconds(backend),
+            "loadgen_cpu_s": seconds(loadgen),
+            "other_cpu_s": seconds(busy.saturating_sub(backend + loadgen)),
+            "idle_cpu_s": seconds(idle),
+        }));
+    }
+}
+
+impl ProcessMonitor {
+    /// Starts sampling `pid`'s RSS every `interval`; fails when its status cannot be read.
+    pub fn start(pid: u32, interval: Duration) -> anyhow::Result<Self> {
+        let first = read_status_kib(pid, "VmRSS:")?;
+        let state = Arc::new(Mutex::new(MonitorState {
+            start_kib: first,
+            ..MonitorState::default()
+        }));
+        state.lock().expect("monitor state").record(first);
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                // A procfs read is a few microseconds and never blocks on I/O: no need for
+                // the blocking pool. A vanished process just stops the samples.
+                match read_status_kib(pid, "VmRSS:") {
+                    Ok(kib) => shared.lock().expect("monitor state").record(kib),
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Self { pid, state, task })
+    }
+
+    /// Ends the running phase and starts `name`, both at a fresh sample.
+    pub fn phase(&self, name: &str) {
+        let kib = read_status_kib(self.pid, "VmRSS:").ok();
+        let cpu = self.cpu_snapshot();
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("monitor state");
+        if let Some(kib) = kib {
+            state.record(kib);
+        }
+        state.close_phase(now, cpu);
+        let rss = state.last_kib;
+        state.phases.push(Phase {
+            name: name.to_owned(),
+            started: now,
+            cpu_at_start: cpu,
+            rss_start_kib: rss,
+            rss_peak_kib: rss,
+            rss_end_kib: rss,
+            report: None,
+        });
+    }
+
+    /// Takes an RSS sample now and returns it (`None` once the process is gone).
+    pub fn current_kib(&self) -> Option<u64> {
+        let kib = read_status_kib(self.pid, "VmRSS:").ok()?;
+        self.state.lock().expect("monitor state").record(kib);
+        Some(kib)
+    }
+
+    /// Stops sampling; returns the overall RSS figures and the per-phase report.
+    pub fn finish(self) -> (Value, Value) {
+        self.task.abort();
+        let final_kib = read_status_kib(self.pid, "VmRSS:").ok();
+        let high_water_mark = read_status_kib(self.pid, "VmHWM:").ok();
+        let cpu = self.cpu_snapshot();
+        let mut state = self.state.lock().expect("monitor state");
+        if let Some(kib) = final_kib {
+            state.record(kib);
+        }
+        state.close_phase(Instant::now(), cpu);
+        let rss = json!({
+            "pid": self.pid,
+            "samples": state.samples,
+            "start_kib": state.start_kib,
+            "peak_kib": state.peak_kib,
+            "end_kib": state.last_kib,
+            "vm_hwm_kib": high_water_mark,
+        });
+        let phases: Map<String, Value> = state
+            .phases
+            .iter()
+            .map(|p| (p.name.clone(), p.report.clone().unwrap_or(Value::Null)))
+            .collect();
+        (rss, Value::Object(phases))
+    }
+
+    /// Missing figures (a vanished backend) count as zero rather than failing the run.
+    fn cpu_snapshot(&self) -> CpuSnapshot {
+        let (machine_busy, machine_total) = read_machine_ticks().unwrap_or_default();
+        CpuSnapshot {
+            backend: read_process_ticks(&format!("/proc/{}/stat", self.pid)).unwrap_or(0),
+            loadgen: read_process_ticks("/proc/self/stat").unwrap_or(0),
+            machine_busy,
+            machine_total,
+        }
+    }
+}
+
+/// One `Vm*:` line of `/proc/<pid>/status`, in KiB.
+fn read_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_kib(&status, field).with_context(|| format!("{path}: {field}"))
+}
+
+fn parse_status_kib(status: &str, field: &str) -> anyhow::Result<u64> {
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix(field) {
+            let number = rest.trim().trim_end_matches("kB").trim();
+            return number
+                .parse()
+                .with_context(|| format!("{field} {number:?}"));
+        }
+    }
+    bail!("no {field} line")
+}
+
+/// utime + stime of a `/proc/<pid>/stat`, in ticks.
+fn read_process_ticks(path: &str) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    parse_process_ticks(&stat).with_context(|| format!("{path}: utime/stime"))
+}
+
+fn parse_process_ticks(stat: &str) -> anyhow::Result<u64> {
+    // The command name is in parentheses and may itself contain spaces and parentheses:
+    // fields are counted from the last `)`. After it come field 3 (state) onwards, so utime
+    // (field 14) and stime (field 15) are at indexes 11 and 12.
+    let after_name = stat.rsplit_once(')').context("no command name")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |index: usize| -> anyhow::Result<u64> {
+        let text = fields.get(index).context("too few fields")?;
+        text.parse().with_context(|| format!("field {:?}", text))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// (busy, total) ticks of all CPUs from the `cpu` line of `/proc/stat`.
+fn read_machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine_ticks(&stat)
+}
+
+fn parse_machine_ticks(stat: &str) -> anyhow::Result<(u64, u64)> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already
+    // counted in user and nice.
+    let get = |index: usize| ticks.get(index).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    let idle = get(3) + get(4);
+    Ok((busy, busy + idle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_status_lines() {
+        let status = "Name:\tkensa-backend\nVmHWM:\t  123456 kB\nVmRSS:\t   98765 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS:").unwrap(), 98765);
+        assert_eq!(parse_status_kib(status, "VmHWM:").unwrap(), 123456);
+        assert!(parse_status_kib(status, "VmSwap:").is_err());
+    }
+
+    #[test]
+    fn parses_cpu_ticks() {
+        let stat =
+            "4242 (odd) name) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_process_ticks(stat).unwrap(), 325);
+        let machine = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\n";
+        assert_eq!(parse_machine_ticks(machine).unwrap(), (161, 1181));
+    }
+
+    #[tokio::test]
+    async fn reports_this_process_by_phase() {
+        let monitor = ProcessMonitor::start(std::process::id(), Duration::from_millis(5)).unwrap();
+        monitor.phase("first");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        monitor.phase("second");
+        let (rss, phases) = monitor.finish();
+        assert!(rss["samples"].as_u64().unwrap() >= 3, "{rss}");
+        assert!(rss["peak_kib"].as_u64().unwrap() > 0, "{rss}");
+        let phases = phases.as_object().unwrap();
+        assert_eq!(phases.keys().collect::<Vec<_>>(), ["first", "second"]);
+        assert!(
+            phases["first"]["wall_s"].as_f64().unwrap() >= 0.03,
+            "{phases:?}"
+        );
+        assert!(
+            phases["second"]["rss_peak_kib"].as_u64().unwrap() > 0,
+            "{phases:?}"
+        );
+    }
+}
