@@ -175,6 +175,37 @@ pub async fn fetch(state: &AppState, key: &Key) -> ApiResult<Stored> {
         .ok_or_else(|| ApiError::not_found("not found"))
 }
 
+/// Read-modify-write of one stored resource: `change` is applied to the stored value, the
+/// result re-validated and written only if nobody wrote in between (retried a few times).
+pub async fn update(
+    state: &AppState,
+    kind: Kind,
+    key: &Key,
+    change: impl Fn(&mut Value) -> ApiResult<()>,
+) -> ApiResult<()> {
+    for _ in 0..5 {
+        let stored = fetch(state, key).await?;
+        let mut value = stored.value;
+        change(&mut value)?;
+        let value = kind.normalize(value)?;
+        match state
+            .store
+            .put(key, &value, Precondition::Revision(stored.revision))
+            .await
+        {
+            Ok(revision) => {
+                state.view.wait_for(revision).await;
+                return Ok(());
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "{key} is being changed concurrently; try again"
+    )))
+}
+
 /// `200` with the resource and its ETag.
 pub fn single(kind: Kind, stored: Stored) -> Response {
     let mut response = axum::Json(present(kind, stored.value)).into_response();

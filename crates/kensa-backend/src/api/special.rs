@@ -391,28 +391,7 @@ async fn update_user(
     name: &str,
     change: impl Fn(&mut Value) -> ApiResult<()>,
 ) -> ApiResult<()> {
-    let key = crud::key(Kind::User, "", name);
-    for _ in 0..5 {
-        let stored = crud::fetch(state, &key).await?;
-        let mut value = stored.value;
-        change(&mut value)?;
-        let value = Kind::User.normalize(value)?;
-        match state
-            .store
-            .put(&key, &value, Precondition::Revision(stored.revision))
-            .await
-        {
-            Ok(revision) => {
-                state.view.wait_for(revision).await;
-                return Ok(());
-            }
-            Err(kensa_store::StoreError::Conflict(_)) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Err(ApiError::conflict(
-        "user is being changed concurrently; try again",
-    ))
+    crud::update(state, Kind::User, &crud::key(Kind::User, "", name), change).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -781,22 +760,5 @@ async fn update_check(
     key: &Key,
     change: impl Fn(&mut Value) -> ApiResult<()>,
 ) -> ApiResult<()> {
-    for _ in 0..5 {
-        let stored = crud::fetch(state, key).await?;
-        let mut value = stored.value;
-        change(&mut value)?;
-        let value = Kind::CheckConfig.normalize(value)?;
-        match state
-            .store
-            .put(key, &value, Precondition::Revision(stored.revision))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kensa_store::StoreError::Conflict(_)) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Err(ApiError::conflict(
-        "check is being changed concurrently; try again",
-    ))
+    crud::update(state, Kind::CheckConfig, key, change).await
 }
