@@ -104,12 +104,26 @@ async fn check_crud_with_sensu_defaults_and_status_codes() {
 
     // Hook sub-resources append and remove hook names.
     let hooks = json!({"critical": ["dump-ps", "dump-netstat"]});
-    expect(api.put("namespaces/default/checks/mem/hooks/critical", &hooks).await, 201);
+    expect(
+        api.put("namespaces/default/checks/mem/hooks/critical", &hooks)
+            .await,
+        201,
+    );
     let with_hooks = expect(api.get("namespaces/default/checks/mem").await, 200).body;
-    assert_eq!(with_hooks["check_hooks"], json!([{"critical": ["dump-ps", "dump-netstat"]}]));
-    expect(api.delete("namespaces/default/checks/mem/hooks/critical/hook/dump-ps").await, 204);
+    assert_eq!(
+        with_hooks["check_hooks"],
+        json!([{"critical": ["dump-ps", "dump-netstat"]}])
+    );
+    expect(
+        api.delete("namespaces/default/checks/mem/hooks/critical/hook/dump-ps")
+            .await,
+        204,
+    );
     let fewer = expect(api.get("namespaces/default/checks/mem").await, 200).body;
-    assert_eq!(fewer["check_hooks"], json!([{"critical": ["dump-netstat"]}]));
+    assert_eq!(
+        fewer["check_hooks"],
+        json!([{"critical": ["dump-netstat"]}])
+    );
 
     // All-namespace listing.
     let all = expect(api.get("checks").await, 200);

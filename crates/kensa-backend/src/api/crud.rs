@@ -175,6 +175,23 @@ pub async fn fetch(state: &AppState, key: &Key) -> ApiResult<Stored> {
         .ok_or_else(|| ApiError::not_found("not found"))
 }
 
+/// Deletes and waits until the config view no longer has it, so a revoked API key or a
+/// deleted binding stops working before the client hears 204.
+pub async fn remove(state: &AppState, key: &Key, precondition: Precondition) -> ApiResult<()> {
+    state
+        .store
+        .delete(key, precondition)
+        .await
+        .map_err(|err| match err {
+            StoreError::Conflict(_) => {
+                ApiError::precondition_failed("the resource was changed since the given ETag")
+            }
+            other => other.into(),
+        })?;
+    state.view.wait_for(state.store.revision().await?).await;
+    Ok(())
+}
+
 /// Read-modify-write of one stored resource: `change` is applied to the stored value, the
 /// result re-validated and written only if nobody wrote in between (retried a few times).
 pub async fn update(
@@ -318,16 +335,7 @@ pub async fn handle(state: &AppState, request: ApiRequest) -> ApiResult<Response
         }
         (&Method::DELETE, Some(name)) => {
             let precondition = super::if_match(&request.headers)?.unwrap_or(Precondition::None);
-            state
-                .store
-                .delete(&key(kind, &namespace, &name), precondition)
-                .await
-                .map_err(|err| match err {
-                    StoreError::Conflict(_) => ApiError::precondition_failed(
-                        "the resource was changed since the given ETag",
-                    ),
-                    other => other.into(),
-                })?;
+            remove(state, &key(kind, &namespace, &name), precondition).await?;
             Ok(no_content())
         }
         _ => Err(ApiError::method_not_allowed()),

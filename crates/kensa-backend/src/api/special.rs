@@ -180,10 +180,7 @@ async fn namespaces(state: &AppState, request: ApiRequest) -> ApiResult<Response
                     format!("namespace {name:?} is not empty ({count} resources)"),
                 ));
             }
-            state
-                .store
-                .delete(&crud::key(kind, "", &name), Precondition::None)
-                .await?;
+            crud::remove(state, &crud::key(kind, "", &name), Precondition::None).await?;
             Ok(no_content())
         }
         _ => Err(ApiError::method_not_allowed()),
