@@ -147,16 +147,8 @@ pub async fn write(
     value: &Value,
     precondition: Precondition,
 ) -> ApiResult<i64> {
-    let revision = state
-        .store
-        .put(key, value, precondition)
-        .await
-        .map_err(|err| match err {
-            StoreError::Conflict(_) => {
-                ApiError::precondition_failed("the resource was changed since the given ETag")
-            }
-            other => other.into(),
-        })?;
+    // A revision conflict becomes 412 through `From<StoreError>`.
+    let revision = state.store.put(key, value, precondition).await?;
     state.view.wait_for(revision).await;
     Ok(revision)
 }
@@ -178,16 +170,7 @@ pub async fn fetch(state: &AppState, key: &Key) -> ApiResult<Stored> {
 /// Deletes and waits until the config view no longer has it, so a revoked API key or a
 /// deleted binding stops working before the client hears 204.
 pub async fn remove(state: &AppState, key: &Key, precondition: Precondition) -> ApiResult<()> {
-    state
-        .store
-        .delete(key, precondition)
-        .await
-        .map_err(|err| match err {
-            StoreError::Conflict(_) => {
-                ApiError::precondition_failed("the resource was changed since the given ETag")
-            }
-            other => other.into(),
-        })?;
+    state.store.delete(key, precondition).await?;
     state.view.wait_for(state.store.revision().await?).await;
     Ok(())
 }
