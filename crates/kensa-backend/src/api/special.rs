@@ -250,24 +250,13 @@ async fn settle_password(body: &mut Value, existing_hash: Option<String>) -> Api
 
 async fn users(state: &AppState, request: ApiRequest) -> ApiResult<Response> {
     let kind = Kind::User;
+    // Reads are generic (`present` strips the password fields).
+    if request.method == Method::GET && request.route.sub.is_empty() {
+        return crud::handle(state, request).await;
+    }
     let name = request.route.name.clone();
     let sub: Vec<&str> = request.route.sub.iter().map(String::as_str).collect();
     match (&request.method, name, sub.as_slice()) {
-        (&Method::GET, None, []) => {
-            crud::list(
-                state,
-                kind,
-                Some(String::new()),
-                None,
-                &request.query,
-                crud::present,
-            )
-            .await
-        }
-        (&Method::GET, Some(name), []) => Ok(crud::single(
-            kind,
-            crud::fetch(state, &crud::key(kind, "", &name)).await?,
-        )),
         (&Method::POST, None, []) => {
             let mut body = parse_json(&read_body(state, request.body).await?)?;
             settle_password(&mut body, None).await?;
