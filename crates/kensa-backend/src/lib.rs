@@ -9,6 +9,7 @@ pub mod server;
 pub mod telemetry;
 pub mod testing;
 pub mod view;
+pub mod web;
 
 /// Store kind of login sessions (refresh tokens); never exposed through the API.
 pub const SESSIONS_KIND: &str = "kensa.sessions";

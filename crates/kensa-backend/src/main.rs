@@ -1,6 +1,5 @@
 //! The `kensa-backend` binary: `init`, `start` and `version`.
 
-use anyhow::Context;
 use clap::Parser;
 use kensa_backend::config::{Cli, Command};
 use kensa_backend::{bootstrap, server};
@@ -48,11 +47,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Start(args) => {
             let config = args.resolve()?;
             init_logging(&config.log_level);
-            let listener = tokio::net::TcpListener::bind(config.api_listen_address)
-                .await
-                .with_context(|| {
-                    format!("binding api-listen-address {}", config.api_listen_address)
-                })?;
+            let listeners = server::Listeners::bind(&config).await?;
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -60,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down");
                 stop.cancel();
             });
-            server::run(config, listener, shutdown).await
+            server::run(config, listeners, shutdown).await
         }
     }
 }

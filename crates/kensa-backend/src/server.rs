@@ -33,12 +33,44 @@ pub async fn open_store(location: &StoreLocation) -> anyhow::Result<Arc<dyn Stor
     })
 }
 
-/// Runs the backend on an already-bound API listener until `shutdown` is cancelled.
+/// The sockets a backend serves, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub api: TcpListener,
+    /// Agent WebSocket connections.
+    pub agent: TcpListener,
+    /// The dashboard; `None` disables it.
+    pub dashboard: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    pub async fn bind(config: &BackendConfig) -> anyhow::Result<Listeners> {
+        let api = TcpListener::bind(config.api_listen_address)
+            .await
+            .with_context(|| format!("binding api-listen-address {}", config.api_listen_address))?;
+        let agent_address = format!("{}:{}", config.agent_host, config.agent_port);
+        let agent = TcpListener::bind(&agent_address)
+            .await
+            .with_context(|| format!("binding the agent listener {agent_address}"))?;
+        let dashboard_address = format!("{}:{}", config.dashboard_host, config.dashboard_port);
+        let dashboard = TcpListener::bind(&dashboard_address)
+            .await
+            .with_context(|| format!("binding the dashboard listener {dashboard_address}"))?;
+        Ok(Listeners {
+            api,
+            agent,
+            dashboard: Some(dashboard),
+        })
+    }
+}
+
+/// Runs the backend on already-bound listeners until `shutdown` is cancelled.
 pub async fn run(
     config: BackendConfig,
-    api_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let api_listener = listeners.api;
     let store = open_store(&config.store).await?;
     if let Some(admin) = &config.bootstrap_admin {
         match bootstrap::initialize(store.as_ref(), admin).await {
@@ -72,30 +104,74 @@ pub async fn run(
         },
         telemetry: Arc::new(Telemetry::new()),
     };
-    let app = api::router(state);
-    let address = api_listener.local_addr()?;
-    let stop = shutdown.clone();
-    match &config.tls {
-        None => {
-            tracing::info!(%address, "api listening (http)");
-            axum::serve(api_listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await?;
-        }
-        Some(tls) => {
-            let acceptor = tls_acceptor(tls)?;
-            tracing::info!(%address, "api listening (https)");
-            let listener = TlsListener::spawn(api_listener, acceptor, shutdown.child_token());
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await?;
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let mut servers = Vec::new();
+    servers.push(serve_http(
+        "api",
+        api_listener,
+        api::router(state.clone()),
+        tls.clone(),
+        shutdown.clone(),
+    )?);
+    if let Some(listener) = listeners.dashboard {
+        servers.push(serve_http(
+            "dashboard",
+            listener,
+            crate::web::router(state.clone()),
+            tls.clone(),
+            shutdown.clone(),
+        )?);
+    }
+    servers.push(serve_http(
+        "agent",
+        listeners.agent,
+        axum::Router::new(),
+        tls.clone(),
+        shutdown.clone(),
+    )?);
+    let mut result = Ok(());
+    for server in servers {
+        if let Ok(Err(err)) = server.await {
+            result = Err(err);
         }
     }
     shutdown.cancel();
     let _ = follower.await;
     let _ = pruner.await;
     tracing::info!("backend stopped");
-    Ok(())
+    result
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown`.
+fn serve_http(
+    name: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let address = listener.local_addr()?;
+    Ok(tokio::spawn(async move {
+        let stop = shutdown.clone();
+        match tls {
+            None => {
+                tracing::info!(%address, "{name} listening (http)");
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await?;
+            }
+            Some(acceptor) => {
+                tracing::info!(%address, "{name} listening (https)");
+                let listener = TlsListener::spawn(listener, acceptor, shutdown.child_token());
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await?;
+            }
+        }
+        // One listener failing stops the whole backend.
+        shutdown.cancel();
+        Ok(())
+    }))
 }
 
 /// How many change-feed entries are kept: enough for followers that lag by minutes; one that

@@ -16,6 +16,10 @@ pub const ADMIN_PASSWORD: &str = "P@ssw0rd!";
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// `ws://127.0.0.1:PORT` (`wss://localhost:PORT` with TLS): where agents connect.
+    pub agent_url: String,
+    /// `http://127.0.0.1:PORT`: the dashboard (which also serves the API, same origin).
+    pub dashboard_url: String,
     pub admin_username: String,
     pub admin_password: String,
     pub state_dir: PathBuf,
@@ -50,14 +54,18 @@ impl TestServer {
     ) -> anyhow::Result<TestServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
+        let agent_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let agent_port = agent_listener.local_addr()?.port();
+        let dashboard_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let dashboard_port = dashboard_listener.local_addr()?.port();
         let mut config = BackendConfig {
             state_dir: state_dir.clone(),
             store,
             api_listen_address: address,
             agent_host: "127.0.0.1".into(),
-            agent_port: 0,
+            agent_port,
             dashboard_host: "127.0.0.1".into(),
-            dashboard_port: 0,
+            dashboard_port,
             tls: None,
             queue_url: None,
             log_level: "warn".into(),
@@ -70,12 +78,25 @@ impl TestServer {
             }),
         };
         adjust(&mut config);
-        let url = match config.tls {
-            Some(_) => format!("https://localhost:{}", address.port()),
-            None => format!("http://{address}"),
+        let (url, agent_url, dashboard_url) = match config.tls {
+            Some(_) => (
+                format!("https://localhost:{}", address.port()),
+                format!("wss://localhost:{agent_port}"),
+                format!("https://localhost:{dashboard_port}"),
+            ),
+            None => (
+                format!("http://{address}"),
+                format!("ws://127.0.0.1:{agent_port}"),
+                format!("http://127.0.0.1:{dashboard_port}"),
+            ),
+        };
+        let listeners = crate::server::Listeners {
+            api: listener,
+            agent: agent_listener,
+            dashboard: Some(dashboard_listener),
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(crate::server::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(crate::server::run(config, listeners, shutdown.clone()));
         // Ready once the port accepts connections: requests that arrive before serving starts
         // wait in the listen backlog and are answered when it does.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -97,6 +118,8 @@ impl TestServer {
         }
         Ok(TestServer {
             url,
+            agent_url,
+            dashboard_url,
             admin_username: ADMIN_USERNAME.into(),
             admin_password: ADMIN_PASSWORD.into(),
             state_dir,
