@@ -178,6 +178,8 @@ pub struct BackendConfig {
     pub refresh_token_expiry: Duration,
     /// Set when the admin variables are given: `start` initializes an empty store with them.
     pub bootstrap_admin: Option<AdminCredentials>,
+    /// Event processing sizing (shards, queues, batch size); defaults suit one node.
+    pub eventd: crate::eventd::EventdSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +296,7 @@ impl StartArgs {
                 .api_request_limit
                 .or(file.api_request_limit)
                 .unwrap_or(512_000),
+            eventd: crate::eventd::EventdSettings::default(),
             access_token_expiry: Duration::from_secs(
                 self.access_token_expiry
                     .or(file.access_token_expiry)

@@ -4,7 +4,13 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod agentd;
 pub mod config;
+pub mod dispatch;
+pub mod eventd;
+pub mod keepalived;
+pub mod pipelined;
+pub mod scheduler;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

@@ -12,7 +12,13 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::agentd::Agentd;
 use crate::api::{self, ApiSettings, AppState};
+use crate::dispatch::Dispatcher;
+use crate::eventd::{Eventd, FailingAgents};
+use crate::keepalived::Keepalived;
+use crate::pipelined::{self, RecentOutcomes};
+use crate::scheduler::Scheduler;
 use crate::bootstrap;
 use crate::config::{BackendConfig, StoreLocation, TlsFiles};
 use crate::telemetry::Telemetry;
@@ -93,6 +99,63 @@ pub async fn run(
     let follower = tokio::spawn(view.clone().follow(store.clone(), shutdown.child_token()));
     let pruner = tokio::spawn(prune_change_feed(store.clone(), shutdown.child_token()));
 
+    // The services, built from their dependencies and stopped by the shutdown token (in
+    // reverse order of the arrows: sessions → keepalived/eventd → pipelines).
+    let telemetry = Arc::new(Telemetry::new());
+    let failing = Arc::new(FailingAgents::default());
+    let outcomes = Arc::new(RecentOutcomes::default());
+    let (pipeline_tx, pipeline_rx) = mpsc::channel(pipelined::QUEUE);
+    let mut tasks = vec![
+        follower,
+        pruner,
+        pipelined::start(
+            view.clone(),
+            telemetry.clone(),
+            outcomes.clone(),
+            pipeline_rx,
+            kensa_pipeline::Settings::default(),
+            shutdown.child_token(),
+        ),
+    ];
+    let (eventd, eventd_tasks) = Eventd::start(
+        store.clone(),
+        view.clone(),
+        telemetry.clone(),
+        failing.clone(),
+        pipeline_tx.clone(),
+        config.eventd.clone(),
+        shutdown.child_token(),
+    );
+    tasks.extend(eventd_tasks);
+    let (keepalived, keepalived_task) = Keepalived::start(
+        store.clone(),
+        view.clone(),
+        eventd.clone(),
+        pipeline_tx,
+        failing,
+        telemetry.clone(),
+        shutdown.child_token(),
+    );
+    tasks.push(keepalived_task);
+    let dispatcher = Arc::new(Dispatcher::new());
+    let agentd = Agentd::new(
+        view.clone(),
+        dispatcher.clone(),
+        keepalived,
+        eventd.clone(),
+        telemetry.clone(),
+    );
+    tasks.push(tokio::spawn(
+        agentd.clone().follow_entities(shutdown.child_token()),
+    ));
+    tasks.push(Scheduler::start(
+        view.clone(),
+        store.clone(),
+        dispatcher,
+        telemetry.clone(),
+        shutdown.child_token(),
+    ));
+
     let state = AppState {
         store: store.clone(),
         view,
@@ -102,7 +165,9 @@ pub async fn run(
             access_token_expiry: config.access_token_expiry,
             refresh_token_expiry: config.refresh_token_expiry,
         },
-        telemetry: Arc::new(Telemetry::new()),
+        telemetry,
+        eventd,
+        outcomes,
     };
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut servers = Vec::new();
@@ -125,7 +190,7 @@ pub async fn run(
     servers.push(serve_http(
         "agent",
         listeners.agent,
-        axum::Router::new(),
+        agentd.router(),
         tls.clone(),
         shutdown.clone(),
     )?);
@@ -136,8 +201,9 @@ pub async fn run(
         }
     }
     shutdown.cancel();
-    let _ = follower.await;
-    let _ = pruner.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     tracing::info!("backend stopped");
     result
 }

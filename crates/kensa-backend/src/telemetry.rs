@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +24,48 @@ pub struct Telemetry {
     pub logins: Counter,
     pub auth_failures: Counter,
     pub rbac_denials: Counter,
+    // Agent sessions.
+    pub agent_sessions: Gauge,
+    pub agent_connects: Counter,
+    pub agent_session_errors: Family<ReasonLabels, Counter>,
+    pub check_requests_sent: Counter,
+    pub check_requests_dropped: Counter,
+    // Event processing.
+    pub events_processed: Counter,
+    pub events_deferred: Counter,
+    pub events_rejected: Counter,
+    pub events_duplicate: Counter,
+    pub ttl_failures: Counter,
+    pub event_batches: Counter,
+    pub event_batch_seconds: Histogram,
+    // Keepalives.
+    pub keepalives: Counter,
+    pub keepalive_failures: Family<StatusLabels, Counter>,
+    pub registrations: Counter,
+    pub deregistrations: Counter,
+    // Pipelines.
+    pub handler_outcomes: Family<HandlerLabels, Counter>,
+    pub filter_expression_errors: Counter,
+    // Scheduler.
+    pub checks_scheduled: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabels {
+    /// `handled`, `filtered` or `failed`.
+    pub outcome: String,
+    /// `pipe`, `tcp`, `udp`…
+    pub r#type: String,
 }
 
 impl Telemetry {
@@ -51,12 +95,141 @@ impl Telemetry {
             "API requests refused by RBAC",
             rbac_denials.clone(),
         );
+        let agent_sessions = Gauge::default();
+        registry.register(
+            "agent_sessions",
+            "Agent WebSocket sessions connected to this backend",
+            agent_sessions.clone(),
+        );
+        let agent_connects = Counter::default();
+        registry.register(
+            "agent_connects",
+            "Agent sessions accepted",
+            agent_connects.clone(),
+        );
+        let agent_session_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "agent_session_errors",
+            "Agent sessions closed because of a protocol error, by reason",
+            agent_session_errors.clone(),
+        );
+        let check_requests_sent = Counter::default();
+        registry.register(
+            "check_requests_sent",
+            "Check requests queued to agent sessions",
+            check_requests_sent.clone(),
+        );
+        let check_requests_dropped = Counter::default();
+        registry.register(
+            "check_requests_dropped",
+            "Check requests dropped because an agent's queue was full",
+            check_requests_dropped.clone(),
+        );
+        let events_processed = Counter::default();
+        registry.register(
+            "events_processed",
+            "Check results merged and stored",
+            events_processed.clone(),
+        );
+        let events_deferred = Counter::default();
+        registry.register(
+            "events_deferred",
+            "Agent events not accepted because event processing was full (the agent re-sends)",
+            events_deferred.clone(),
+        );
+        let events_rejected = Counter::default();
+        registry.register(
+            "events_rejected",
+            "Invalid events refused",
+            events_rejected.clone(),
+        );
+        let events_duplicate = Counter::default();
+        registry.register(
+            "events_duplicate",
+            "Re-sent events recognized by their id and dropped",
+            events_duplicate.clone(),
+        );
+        let ttl_failures = Counter::default();
+        registry.register(
+            "check_ttl_failures",
+            "Failures raised because a check's TTL expired",
+            ttl_failures.clone(),
+        );
+        let event_batches = Counter::default();
+        registry.register(
+            "event_store_batches",
+            "Store transactions committing event writes",
+            event_batches.clone(),
+        );
+        let event_batch_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "event_store_batch_seconds",
+            "Duration of event write transactions",
+            event_batch_seconds.clone(),
+        );
+        let keepalives = Counter::default();
+        registry.register("keepalives", "Keepalives received", keepalives.clone());
+        let keepalive_failures = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "keepalive_failures",
+            "Keepalive failure events raised, by status (1 warning, 2 critical)",
+            keepalive_failures.clone(),
+        );
+        let registrations = Counter::default();
+        registry.register(
+            "agent_registrations",
+            "New agents registered",
+            registrations.clone(),
+        );
+        let deregistrations = Counter::default();
+        registry.register(
+            "agent_deregistrations",
+            "Agents deregistered after their keepalive expired",
+            deregistrations.clone(),
+        );
+        let handler_outcomes = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "handler_outcomes",
+            "Pipeline workflows run, by outcome and handler type",
+            handler_outcomes.clone(),
+        );
+        let filter_expression_errors = Counter::default();
+        registry.register(
+            "filter_expression_errors",
+            "Filter expressions that raised an error (treated as no match)",
+            filter_expression_errors.clone(),
+        );
+        let checks_scheduled = Counter::default();
+        registry.register(
+            "checks_scheduled",
+            "Check executions requested by the scheduler (per check fire)",
+            checks_scheduled.clone(),
+        );
         Telemetry {
             registry: Mutex::new(registry),
             http_requests,
             logins,
             auth_failures,
             rbac_denials,
+            agent_sessions,
+            agent_connects,
+            agent_session_errors,
+            check_requests_sent,
+            check_requests_dropped,
+            events_processed,
+            events_deferred,
+            events_rejected,
+            events_duplicate,
+            ttl_failures,
+            event_batches,
+            event_batch_seconds,
+            keepalives,
+            keepalive_failures,
+            registrations,
+            deregistrations,
+            handler_outcomes,
+            filter_expression_errors,
+            checks_scheduled,
         }
     }
 

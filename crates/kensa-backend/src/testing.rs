@@ -70,6 +70,7 @@ impl TestServer {
             queue_url: None,
             log_level: "warn".into(),
             api_request_limit: 512_000,
+            eventd: crate::eventd::EventdSettings::default(),
             access_token_expiry: Duration::from_secs(300),
             refresh_token_expiry: Duration::from_secs(12 * 3600),
             bootstrap_admin: Some(AdminCredentials {

@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use kensa_store::{ChangeOp, Key, ListQuery, Store};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Kinds the view holds. Events and entities are not configuration and are never cached.
+/// Kinds the view holds: all configuration, plus entities (the scheduler matches proxy
+/// entities and agent sessions follow their entity's configuration). Events are state, written
+/// at event rate, and are never cached here.
 pub const VIEW_KINDS: &[&str] = &[
     "namespaces",
     "users",
@@ -25,7 +27,22 @@ pub const VIEW_KINDS: &[&str] = &[
     "rolebindings",
     "clusterroles",
     "clusterrolebindings",
+    "checks",
+    "hooks",
+    "assets",
+    "handlers",
+    "filters",
+    "mutators",
+    "pipelines",
+    "silenced",
+    "entities",
+    // Ad hoc execution requests, queued by the API for the scheduler.
+    "kensa.adhoc",
 ];
+
+/// How many changed keys the change broadcast buffers; a subscriber that lags further is told
+/// so (`RecvError::Lagged`) and must resynchronize from the view.
+const CHANGE_BROADCAST_CAPACITY: usize = 16_384;
 
 type Entries = BTreeMap<(String, String), Arc<Value>>;
 
@@ -35,6 +52,9 @@ pub struct ConfigView {
     entries: RwLock<HashMap<String, Entries>>,
     /// The store revision the view reflects; waiters subscribe to it.
     applied: watch::Sender<i64>,
+    /// Every key the follower applied, after it is visible in `entries` (services that react
+    /// to configuration changes — the scheduler, agent sessions — subscribe).
+    changed: broadcast::Sender<Arc<Key>>,
 }
 
 impl ConfigView {
@@ -43,6 +63,7 @@ impl ConfigView {
         let view = Arc::new(ConfigView {
             entries: RwLock::new(HashMap::new()),
             applied: watch::channel(0).0,
+            changed: broadcast::channel(CHANGE_BROADCAST_CAPACITY).0,
         });
         view.reload(store).await?;
         Ok(view)
@@ -107,12 +128,14 @@ impl ConfigView {
                         continue;
                     }
                     let last = changes.last().map(|c| c.revision).unwrap_or(after);
+                    let mut changed_keys = Vec::new();
                     {
                         let mut entries = self.entries.write().expect("view lock poisoned");
                         for change in changes {
                             if !VIEW_KINDS.contains(&change.key.kind.as_str()) {
                                 continue;
                             }
+                            changed_keys.push(change.key.clone());
                             let kind = entries.entry(change.key.kind).or_default();
                             let slot = (change.key.namespace, change.key.name);
                             match (change.op, change.value) {
@@ -126,6 +149,10 @@ impl ConfigView {
                         }
                     }
                     self.applied.send_replace(last);
+                    for key in changed_keys {
+                        // No subscriber is fine: nobody needs to react.
+                        let _ = self.changed.send(Arc::new(key));
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(%err, "config view could not read the change feed; retrying");
@@ -163,6 +190,41 @@ impl ConfigView {
             .filter(|((ns, _), _)| namespace.is_none_or(|wanted| wanted == ns))
             .map(|(_, value)| value.clone())
             .collect()
+    }
+
+    /// Decodes one resource into its typed form (`None` when absent or undecodable — the API
+    /// validated it on the way in, so the latter only happens after a format change).
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<T> {
+        let value = self.get(&Key::new(kind, namespace, name))?;
+        match T::deserialize(value.as_ref()) {
+            Ok(decoded) => Some(decoded),
+            Err(err) => {
+                tracing::warn!(kind, namespace, name, %err, "stored resource does not decode");
+                None
+            }
+        }
+    }
+
+    /// Every resource of `kind` in `namespace` (all namespaces when `None`), decoded.
+    pub fn decode_all<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Vec<T> {
+        self.list(kind, namespace)
+            .iter()
+            .filter_map(|value| T::deserialize(value.as_ref()).ok())
+            .collect()
+    }
+
+    /// Keys the view applies from now on (see `changed`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Key>> {
+        self.changed.subscribe()
     }
 
     /// The revision the view reflects.

@@ -130,7 +130,9 @@ fn frame<T: Serialize + ?Sized>(kind: &str, body: &T) -> Vec<u8> {
     out
 }
 
-fn split(frame: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
+/// Splits a frame into its message type and JSON body (for receivers that parse the body
+/// themselves), enforcing [`MAX_FRAME_BYTES`].
+pub fn split_frame(frame: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
     if frame.len() > MAX_FRAME_BYTES {
         return Err(DecodeError::TooLarge(frame.len()));
     }
@@ -156,7 +158,7 @@ impl AgentMessage {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<AgentMessage, DecodeError> {
-        match split(bytes)? {
+        match split_frame(bytes)? {
             (TYPE_KEEPALIVE, rest) => Ok(AgentMessage::Keepalive(body(TYPE_KEEPALIVE, rest)?)),
             (TYPE_EVENT, rest) => Ok(AgentMessage::Event(body(TYPE_EVENT, rest)?)),
             (other, _) => Err(DecodeError::UnknownType(other.to_owned())),
@@ -174,7 +176,7 @@ impl BackendMessage {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<BackendMessage, DecodeError> {
-        match split(bytes)? {
+        match split_frame(bytes)? {
             (TYPE_CHECK_REQUEST, rest) => Ok(BackendMessage::CheckRequest(body(
                 TYPE_CHECK_REQUEST,
                 rest,

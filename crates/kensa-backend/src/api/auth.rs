@@ -68,7 +68,7 @@ fn enabled_user(state: &AppState, username: &str) -> ApiResult<std::sync::Arc<Va
     Ok(user)
 }
 
-fn caller_for(username: &str, user: &Value, api_key: bool) -> Caller {
+pub(crate) fn caller_for(username: &str, user: &Value, api_key: bool) -> Caller {
     let mut groups: Vec<String> = user["groups"]
         .as_array()
         .into_iter()
@@ -84,7 +84,7 @@ fn caller_for(username: &str, user: &Value, api_key: bool) -> Caller {
 }
 
 /// `Authorization: Basic …` → (username, password).
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value.strip_prefix("Basic ")?;
     let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;

@@ -65,6 +65,9 @@ impl ApiError {
             "method not allowed",
         )
     }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Internal, message)
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, message)
     }

@@ -1,14 +1,16 @@
 //! `/namespaces/{ns}/events[/{entity}[/{check}]]`: events created through the API, read,
 //! listed and deleted (reference §3.5 "Events").
 //!
-//! A written event is merged with the stored one (history, occurrences, state — see
-//! [`kensa_types::event_state`]) under a compare-and-set on the stored revision, so concurrent
-//! results for the same entity and check never lose history. An unknown entity is created as
-//! a proxy entity; an existing entity definition is never changed by an event.
+//! A written event goes through event processing (`eventd`) exactly like an agent's result:
+//! merged with the stored one (history, occurrences, state) by the key's single writer, so
+//! concurrent results never lose history; an unknown entity is created as a proxy entity (an
+//! existing entity definition is never changed by an event); then the pipelines run.
 
 use axum::http::Method;
 use axum::response::Response;
-use kensa_store::{Precondition, StoreError};
+use kensa_store::Precondition;
+
+use crate::eventd::EventError;
 use kensa_types::Kind;
 use serde_json::{json, Map, Value};
 
@@ -63,6 +65,7 @@ pub async fn handle(state: &AppState, request: ApiRequest) -> ApiResult<Response
                     Precondition::None,
                 )
                 .await?;
+            state.eventd.forget(&namespace, &name).await;
             Ok(no_content())
         }
         (&Method::PATCH, Some(_)) => Err(ApiError::method_not_allowed()),
@@ -126,40 +129,18 @@ pub async fn store_event(
         event.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
     }
     let value = Kind::Event.normalize(body)?;
-    let Some(name) = Kind::Event.name_of(&value) else {
-        // Metrics-only events are not stored; they only go through pipelines.
-        return Ok(());
-    };
-
-    ensure_proxy_entity(state, namespace, &value["entity"]).await?;
-
-    let key = crud::key(Kind::Event, namespace, &name);
-    for _ in 0..10 {
-        let previous = state.store.get(&key).await?;
-        let mut merged = value.clone();
-        merged["check"] = kensa_types::event_state::merge_check(
-            previous.as_ref().map(|p| &p.value["check"]),
-            merged["check"].take(),
-        );
-        let precondition = match &previous {
-            Some(p) => Precondition::Revision(p.revision),
-            None => Precondition::None,
-        };
-        let result = match previous {
-            Some(_) => state.store.put(&key, &merged, precondition).await,
-            None => state.store.create(&key, &merged).await,
-        };
-        match result {
-            Ok(_) => return Ok(()),
-            Err(
-                StoreError::Conflict(_) | StoreError::AlreadyExists(_) | StoreError::NotFound(_),
-            ) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Err(ApiError::conflict(
-        "too many concurrent writers for this event; try again",
-    ))
+    // Merging, proxy entity creation, silencing and the pipelines happen in eventd, the one
+    // writer of this event's key.
+    state
+        .eventd
+        .submit_and_wait(value)
+        .await
+        .map_err(|err| match err {
+            EventError::Invalid(reason) => {
+                ApiError::bad_request(format!("resource is invalid: {reason}"))
+            }
+            EventError::Unavailable(reason) => ApiError::unavailable(reason),
+        })
 }
 
 /// Sets `event[field].metadata` name/namespace from the URL (or checks agreement) and
@@ -188,22 +169,4 @@ fn fill_object_meta(
     }
     meta.insert("created_by".into(), json!(caller));
     Ok(())
-}
-
-/// Creates a proxy entity for an event's unknown entity (existing ones are left alone).
-async fn ensure_proxy_entity(state: &AppState, namespace: &str, entity: &Value) -> ApiResult<()> {
-    let Some(name) = entity["metadata"]["name"].as_str() else {
-        return Ok(());
-    };
-    let key = crud::key(Kind::Entity, namespace, name);
-    if state.store.get(&key).await?.is_some() {
-        return Ok(());
-    }
-    let mut proxy = entity.clone();
-    super::special::ensure_entity_subscription(&mut proxy);
-    let proxy = Kind::Entity.normalize(proxy)?;
-    match state.store.create(&key, &proxy).await {
-        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
 }

@@ -49,6 +49,10 @@ pub struct AppState {
     pub jwt_secret: Arc<Vec<u8>>,
     pub settings: ApiSettings,
     pub telemetry: Arc<Telemetry>,
+    /// Event processing: API events go through the same single writer per key as agents'.
+    pub eventd: crate::eventd::Eventd,
+    /// The last pipeline outcomes per event (for the dashboard).
+    pub outcomes: Arc<crate::pipelined::RecentOutcomes>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -481,6 +481,7 @@ async fn entities(state: &AppState, request: ApiRequest) -> ApiResult<Response> 
                 .store
                 .delete_prefix(Kind::Event.resource(), &namespace, &format!("{name}/"))
                 .await?;
+            state.eventd.forget(&namespace, &format!("{name}/")).await;
             Ok(no_content())
         }
         _ => crud::handle(state, request).await,

@@ -1,0 +1,519 @@
+//! Agent sessions (reference §1): the WebSocket endpoint agents connect to, the handshake
+//! (Basic credentials, RBAC `create events`, namespace), and one session per connection.
+//!
+//! A session is two tasks. The **reader** decodes frames and never waits on another service:
+//! keepalives go to keepalived's lane, events to their eventd shard with `try_submit` — when a
+//! shard is full the event is simply not acknowledged and the agent re-sends it from its
+//! outbox. So a backlog of events can never hold a keepalive back (reference §8.1). The
+//! **writer** drains three bounded queues, most urgent first: control frames (entity config),
+//! acknowledgements, then check requests (which the dispatcher drops for this agent only when
+//! its queue is full). A malformed or oversized frame closes the session with a logged reason.
+//!
+//! Authentication cost: a verified (user, password, stored hash) triple is remembered as a
+//! SHA-256 digest, so a reconnect storm costs a hash per agent, not an argon2/bcrypt check
+//! (reference §8.10).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::{SinkExt, StreamExt};
+use kensa_proto::{Ack, BackendMessage, Rejected, MAX_FRAME_BYTES};
+use kensa_store::Key;
+use kensa_types::Kind;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::rbac;
+use crate::dispatch::{Dispatcher, Frame, SessionHandle, SessionId};
+use crate::eventd::{AckBatch, AckTarget, Eventd, Origin, Submission};
+use crate::keepalived::Keepalived;
+use crate::telemetry::{ReasonLabels, Telemetry};
+use crate::view::ConfigView;
+
+/// Check requests waiting to be written to one agent.
+const REQUEST_QUEUE: usize = 1024;
+/// Acknowledgement batches waiting to be written to one agent.
+const ACK_QUEUE: usize = 1024;
+/// A session that receives nothing (not even the agent's pings) for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most remembered credential digests before the cache is cleared.
+const AUTH_CACHE_LIMIT: usize = 100_000;
+
+/// The agent listener's shared state.
+pub struct Agentd {
+    view: Arc<ConfigView>,
+    dispatcher: Arc<Dispatcher>,
+    keepalived: Keepalived,
+    eventd: Eventd,
+    telemetry: Arc<Telemetry>,
+    /// Digests of credentials that verified (see the module comment).
+    verified: Mutex<HashSet<[u8; 32]>>,
+    next_session: AtomicU64,
+    /// Per connected agent: its control queue and the entity configuration last pushed.
+    sessions: Mutex<HashMap<(String, String), SessionControl>>,
+}
+
+struct SessionControl {
+    id: SessionId,
+    control: mpsc::Sender<Frame>,
+    requests: mpsc::Sender<Frame>,
+    pushed: Option<Value>,
+}
+
+/// What the handshake established.
+struct Hello {
+    namespace: String,
+    agent: String,
+    subscriptions: Vec<String>,
+}
+
+impl Agentd {
+    pub fn new(
+        view: Arc<ConfigView>,
+        dispatcher: Arc<Dispatcher>,
+        keepalived: Keepalived,
+        eventd: Eventd,
+        telemetry: Arc<Telemetry>,
+    ) -> Arc<Agentd> {
+        Arc::new(Agentd {
+            view,
+            dispatcher,
+            keepalived,
+            eventd,
+            telemetry,
+            verified: Mutex::new(HashSet::new()),
+            next_session: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(upgrade))
+            .route("/health", get(|| async { "ok" }))
+            .route("/ready", get(|| async { "ok" }))
+            .with_state(self)
+    }
+
+    /// Pushes entity configuration changes to connected agents until `shutdown`.
+    pub async fn follow_entities(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.view.subscribe();
+        loop {
+            let key = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                change = changes.recv() => match change {
+                    Ok(key) => Some(key),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            match key {
+                Some(key) if key.kind == "entities" => {
+                    self.refresh_entity(&key.namespace, &key.name)
+                }
+                Some(_) => {}
+                None => {
+                    // Lagged: re-check every connected agent.
+                    let agents: Vec<(String, String)> = self
+                        .sessions
+                        .lock()
+                        .expect("sessions lock poisoned")
+                        .keys()
+                        .cloned()
+                        .collect();
+                    for (namespace, agent) in agents {
+                        self.refresh_entity(&namespace, &agent);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the stored entity configuration to the agent when it changed, and moves the
+    /// session to the entity's subscriptions.
+    fn refresh_entity(&self, namespace: &str, agent: &str) {
+        let Some(stored) = self.view.get(&Key::new("entities", namespace, agent)) else {
+            return;
+        };
+        let config = entity_config(&stored);
+        let mut sessions = self.sessions.lock().expect("sessions lock poisoned");
+        let Some(session) = sessions.get_mut(&(namespace.to_owned(), agent.to_owned())) else {
+            return;
+        };
+        if session.pushed.as_ref() == Some(&config) {
+            return;
+        }
+        let frame = Arc::new(
+            BackendMessage::EntityConfig(serde_json::from_value(stored.as_ref().clone()).ok())
+                .encode(),
+        );
+        if session.control.try_send(frame).is_err() {
+            return;
+        }
+        self.dispatcher.register(
+            SessionHandle {
+                id: session.id,
+                namespace: namespace.to_owned(),
+                agent: agent.to_owned(),
+                requests: session.requests.clone(),
+            },
+            subscriptions_of(&stored, agent),
+        );
+        session.pushed = Some(config);
+    }
+
+    async fn handshake(&self, headers: &HeaderMap) -> Result<Hello, (StatusCode, String)> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let protocol = header(kensa_proto::HEADER_PROTOCOL);
+        if !protocol.is_empty() && protocol != kensa_proto::PROTOCOL_VERSION.to_string() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("unsupported Kensa-Protocol {protocol:?}"),
+            ));
+        }
+        let agent = header(kensa_proto::HEADER_AGENT_NAME);
+        if !kensa_types::meta::NAME.is_match(&agent) {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("{}: invalid agent name {agent:?}", kensa_proto::HEADER_AGENT_NAME),
+            ));
+        }
+        let namespace = match header(kensa_proto::HEADER_NAMESPACE) {
+            ns if ns.is_empty() => "default".to_owned(),
+            ns => ns,
+        };
+
+        let Some((username, password)) = crate::api::auth::basic_credentials(headers) else {
+            return Err((StatusCode::UNAUTHORIZED, "missing credentials".into()));
+        };
+        let user = self
+            .view
+            .get(&Key::new("users", "", &username))
+            .filter(|user| !user["disabled"].as_bool().unwrap_or(false))
+            .ok_or((StatusCode::UNAUTHORIZED, "bad credentials".to_owned()))?;
+        let stored_hash = user["password_hash"].as_str().unwrap_or_default().to_owned();
+        let digest: [u8; 32] =
+            Sha256::digest(format!("{username}\0{password}\0{stored_hash}")).into();
+        let known = self
+            .verified
+            .lock()
+            .expect("auth cache poisoned")
+            .contains(&digest);
+        if !known {
+            if !crate::auth::password::verify_blocking(password, stored_hash).await {
+                self.telemetry.auth_failures.inc();
+                return Err((StatusCode::UNAUTHORIZED, "bad credentials".into()));
+            }
+            let mut verified = self.verified.lock().expect("auth cache poisoned");
+            if verified.len() >= AUTH_CACHE_LIMIT {
+                verified.clear();
+            }
+            verified.insert(digest);
+        }
+        let caller = crate::api::auth::caller_for(&username, &user, false);
+        let allowed = rbac::allowed(
+            self.view.as_ref(),
+            &caller,
+            &rbac::Request {
+                verb: "create",
+                resource: "events",
+                namespace: Some(&namespace),
+                name: Some(&agent),
+            },
+        );
+        if !allowed {
+            self.telemetry.rbac_denials.inc();
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!("user {username:?} may not create events in namespace {namespace:?}"),
+            ));
+        }
+        if self
+            .view
+            .get(&Key::new("namespaces", "", &namespace))
+            .is_none()
+        {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("namespace \"{namespace}\" not found"),
+            ));
+        }
+        let mut subscriptions: Vec<String> = header(kensa_proto::HEADER_SUBSCRIPTIONS)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let own = format!("entity:{agent}");
+        if !subscriptions.contains(&own) {
+            subscriptions.push(own);
+        }
+        Ok(Hello {
+            namespace,
+            agent,
+            subscriptions,
+        })
+    }
+}
+
+async fn upgrade(
+    State(agentd): State<Arc<Agentd>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match agentd.handshake(&headers).await {
+        Ok(hello) => ws
+            .max_message_size(MAX_FRAME_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .on_upgrade(move |socket| run_session(agentd, hello, socket)),
+        Err((status, message)) => {
+            tracing::info!(%status, %message, "agent handshake refused");
+            (status, message).into_response()
+        }
+    }
+}
+
+/// The user-owned part of an entity, compared to decide whether to push it again.
+fn entity_config(entity: &Value) -> Value {
+    json!({
+        "entity_class": entity["entity_class"],
+        "subscriptions": entity["subscriptions"],
+        "labels": entity["metadata"]["labels"],
+        "annotations": entity["metadata"]["annotations"],
+        "deregister": entity["deregister"],
+        "deregistration": entity["deregistration"],
+        "redact": entity["redact"],
+        "keepalive_handlers": entity["keepalive_handlers"],
+    })
+}
+
+fn subscriptions_of(entity: &Value, agent: &str) -> Vec<String> {
+    let mut subscriptions: Vec<String> = entity["subscriptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    let own = format!("entity:{agent}");
+    if !subscriptions.contains(&own) {
+        subscriptions.push(own);
+    }
+    subscriptions
+}
+
+async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
+    let id = agentd.next_session.fetch_add(1, Ordering::Relaxed);
+    let Hello {
+        namespace,
+        agent,
+        mut subscriptions,
+    } = hello;
+    let (mut sink, mut stream) = socket.split();
+    let (request_tx, mut request_rx) = mpsc::channel::<Frame>(REQUEST_QUEUE);
+    let (ack_tx, mut ack_rx) = mpsc::channel::<AckBatch>(ACK_QUEUE);
+    let (control_tx, mut control_rx) = mpsc::channel::<Frame>(16);
+
+    // The stored entity configuration wins over the agent's flags (reference §1.10).
+    let stored = agentd.view.get(&Key::new("entities", &namespace, &agent));
+    let pushed = stored.as_ref().map(|entity| entity_config(entity));
+    let first = BackendMessage::EntityConfig(
+        stored
+            .as_ref()
+            .and_then(|entity| serde_json::from_value(entity.as_ref().clone()).ok()),
+    );
+    if let Some(entity) = &stored {
+        subscriptions = subscriptions_of(entity, &agent);
+    }
+    let _ = control_tx.try_send(Arc::new(first.encode()));
+    {
+        let mut sessions = agentd.sessions.lock().expect("sessions lock poisoned");
+        sessions.insert(
+            (namespace.clone(), agent.clone()),
+            SessionControl {
+                id,
+                control: control_tx.clone(),
+                requests: request_tx.clone(),
+                pushed,
+            },
+        );
+    }
+    agentd.dispatcher.register(
+        SessionHandle {
+            id,
+            namespace: namespace.clone(),
+            agent: agent.clone(),
+            requests: request_tx.clone(),
+        },
+        subscriptions,
+    );
+    agentd.telemetry.agent_sessions.inc();
+    agentd.telemetry.agent_connects.inc();
+    tracing::info!(namespace, agent, session = id, "agent connected");
+
+    let writer = tokio::spawn(async move {
+        loop {
+            let frame: Vec<u8> = tokio::select! {
+                biased;
+                control = control_rx.recv() => match control {
+                    Some(frame) => frame.as_ref().clone(),
+                    None => break,
+                },
+                ack = ack_rx.recv() => match ack {
+                    Some(batch) => BackendMessage::Ack(Ack {
+                        ids: batch.ids,
+                        rejected: batch
+                            .rejected
+                            .into_iter()
+                            .map(|(id, reason)| Rejected { id, reason })
+                            .collect(),
+                    })
+                    .encode(),
+                    None => break,
+                },
+                request = request_rx.recv() => match request {
+                    Some(frame) => frame.as_ref().clone(),
+                    None => break,
+                },
+            };
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let ack_target = AckTarget {
+        session: id,
+        acks: ack_tx,
+    };
+    let close_reason = loop {
+        let message = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => break Some("idle timeout"),
+            Ok(None) => break None,
+            Ok(Some(Err(err))) => {
+                tracing::warn!(namespace, agent, %err, "agent session read error");
+                break Some("read error");
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let bytes = match message {
+            Message::Binary(bytes) => bytes.to_vec(),
+            Message::Text(text) => text.as_str().as_bytes().to_vec(),
+            Message::Close(_) => break None,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if let Err(reason) = handle_frame(&agentd, &namespace, &agent, &ack_target, &bytes) {
+            tracing::warn!(namespace, agent, %reason, "closing agent session: bad frame");
+            break Some("bad frame");
+        }
+    };
+    if let Some(reason) = close_reason {
+        agentd
+            .telemetry
+            .agent_session_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    agentd.dispatcher.unregister(id);
+    {
+        let mut sessions = agentd.sessions.lock().expect("sessions lock poisoned");
+        let slot = (namespace.clone(), agent.clone());
+        if sessions.get(&slot).is_some_and(|s| s.id == id) {
+            sessions.remove(&slot);
+        }
+    }
+    writer.abort();
+    agentd.telemetry.agent_sessions.dec();
+    tracing::info!(namespace, agent, session = id, "agent disconnected");
+}
+
+/// Handles one frame. `Err` means the frame is malformed and the session must close; an event
+/// that is well-formed but invalid is refused through its acknowledgement instead.
+fn handle_frame(
+    agentd: &Agentd,
+    namespace: &str,
+    agent: &str,
+    acks: &AckTarget,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let (kind, body) = kensa_proto::split_frame(bytes).map_err(|err| err.to_string())?;
+    let mut event: Value =
+        serde_json::from_slice(body).map_err(|err| format!("invalid {kind} message: {err}"))?;
+    if !event.is_object() {
+        return Err(format!("invalid {kind} message: not a JSON object"));
+    }
+    match kind {
+        kensa_proto::TYPE_KEEPALIVE => {
+            scope_to_session(&mut event, namespace, agent);
+            match Kind::Event.normalize(event) {
+                Ok(event) => {
+                    if !agentd.keepalived.try_submit(event) {
+                        tracing::warn!(namespace, agent, "keepalive lane full; keepalive dropped");
+                    }
+                }
+                Err(err) => tracing::warn!(namespace, agent, %err, "invalid keepalive ignored"),
+            }
+            Ok(())
+        }
+        kensa_proto::TYPE_EVENT => {
+            let Some(id) = event["id"]
+                .as_str()
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            else {
+                return Err("event without an id".into());
+            };
+            scope_to_session(&mut event, namespace, agent);
+            match Kind::Event.normalize(event) {
+                Ok(event) => {
+                    let submission = Submission::result(event, Origin::Agent(acks.clone()));
+                    // Full: not acknowledged; the agent re-sends it later.
+                    let _ = agentd.eventd.try_submit(submission);
+                }
+                Err(err) => {
+                    agentd.telemetry.events_rejected.inc();
+                    let _ = acks.acks.try_send(AckBatch {
+                        ids: Vec::new(),
+                        rejected: vec![(id, err.to_string())],
+                    });
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected message type {other:?} from an agent")),
+    }
+}
+
+/// Events from a session belong to the session's namespace; the agent's own entity carries its
+/// `entity:<name>` subscription.
+fn scope_to_session(event: &mut Value, namespace: &str, agent: &str) {
+    event["metadata"]["namespace"] = json!(namespace);
+    if event["entity"].is_object() {
+        event["entity"]["metadata"]["namespace"] = json!(namespace);
+        if event["entity"]["metadata"]["name"] == json!(agent) {
+            crate::api::special::ensure_entity_subscription(&mut event["entity"]);
+        }
+    }
+    if event["check"].is_object() {
+        event["check"]["metadata"]["namespace"] = json!(namespace);
+    }
+}

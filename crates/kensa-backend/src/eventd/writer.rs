@@ -1,0 +1,128 @@
+//! The event writer: commits the shards' writes in batches (one store transaction each, so the
+//! embedded store sustains thousands of events per second) and, only after a commit, runs the
+//! completions — acknowledgements to agents (one `ack` frame per session per batch), API
+//! replies, TTL timers and the hand-off to the pipelines.
+//!
+//! A failed commit acknowledges nothing: agents re-send from their outbox, the API answers an
+//! error, and the shards forget the state they had assumed for those keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kensa_store::{Key, Precondition};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{AckBatch, AckTarget, Deps, EventError, Origin, ShardCache, WriteItem};
+use crate::dispatch::SessionId;
+
+pub(super) async fn run(
+    mut rx: mpsc::Receiver<WriteItem>,
+    deps: Arc<Deps>,
+    caches: Vec<Arc<Mutex<ShardCache>>>,
+    batch_writes: usize,
+) {
+    let mut batch: Vec<WriteItem> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut writes = first.writes.len();
+        batch.push(first);
+        while writes < batch_writes {
+            match rx.try_recv() {
+                Ok(item) => {
+                    writes += item.writes.len();
+                    batch.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(&deps, &caches, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn commit(deps: &Deps, caches: &[Arc<Mutex<ShardCache>>], batch: Vec<WriteItem>) {
+    let all: Vec<(Key, Value)> = batch
+        .iter()
+        .flat_map(|item| item.writes.iter().cloned())
+        .collect();
+    let started = Instant::now();
+    let result = deps.store.put_all(&all).await;
+    deps.telemetry
+        .event_batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            deps.telemetry.event_batches.inc();
+            complete(deps, batch).await;
+        }
+        Err(err) => {
+            tracing::error!(%err, writes = all.len(), "storing events failed; not acknowledged");
+            for item in batch {
+                let mut cache = caches[item.shard].lock().expect("shard cache poisoned");
+                if let Some(key) = &item.cache_key {
+                    cache.previous.remove(key);
+                }
+                if let Some(id) = item.completion.event_id {
+                    cache.recent_set.remove(&id);
+                }
+                drop(cache);
+                if let Origin::Api(reply) = item.completion.origin {
+                    let _ = reply.send(Err(EventError::Unavailable(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+async fn complete(deps: &Deps, batch: Vec<WriteItem>) {
+    let mut acks: HashMap<SessionId, (AckTarget, Vec<uuid::Uuid>)> = HashMap::new();
+    let mut processed = Vec::with_capacity(batch.len());
+    for item in batch {
+        let completion = item.completion;
+        match completion.origin {
+            Origin::Agent(target) => {
+                if let Some(id) = completion.event_id {
+                    acks.entry(target.session)
+                        .or_insert_with(|| (target.clone(), Vec::new()))
+                        .1
+                        .push(id);
+                }
+            }
+            Origin::Api(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Origin::Internal => {}
+        }
+        if let Some((key, ttl)) = completion.ttl {
+            if ttl > 0 {
+                deps.ttl.arm(key, ttl);
+            } else {
+                deps.ttl.disarm(&key);
+            }
+        }
+        for silence in completion.expire_silences {
+            let store = deps.store.clone();
+            tokio::spawn(async move {
+                match store.delete(&silence, Precondition::None).await {
+                    Ok(()) | Err(kensa_store::StoreError::NotFound(_)) => {}
+                    Err(err) => tracing::warn!(%err, %silence, "could not expire a silence"),
+                }
+            });
+        }
+        processed.extend(completion.processed);
+    }
+    for (_, (target, ids)) in acks {
+        // A full ack queue means the session is stuck writing; the agent re-sends later and
+        // the duplicate is recognized by its id.
+        let _ = target.acks.try_send(AckBatch {
+            ids,
+            rejected: Vec::new(),
+        });
+    }
+    for event in processed {
+        // Waiting here is the back-pressure from slow pipelines to the shards.
+        if deps.pipeline.send(event).await.is_err() {
+            return;
+        }
+    }
+}
