@@ -40,6 +40,7 @@ const LANE_CAPACITY: usize = 16_384;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Liveness {
+    /// Unix milliseconds of the last keepalive (deadlines are exact to the millisecond).
     last_seen: i64,
     warning: i64,
     critical: i64,
@@ -50,7 +51,8 @@ struct Liveness {
 impl Liveness {
     fn record(&self) -> Value {
         json!({
-            "last_seen": self.last_seen,
+            "last_seen_ms": self.last_seen,
+            "last_seen": self.last_seen / 1000,
             "warning": self.warning,
             "critical": self.critical,
             "status": self.status,
@@ -59,7 +61,9 @@ impl Liveness {
 
     fn from_record(value: &Value) -> Liveness {
         Liveness {
-            last_seen: value["last_seen"].as_i64().unwrap_or(0),
+            last_seen: value["last_seen_ms"]
+                .as_i64()
+                .unwrap_or_else(|| value["last_seen"].as_i64().unwrap_or(0) * 1000),
             warning: value["warning"].as_i64().unwrap_or(DEFAULT_WARNING_TIMEOUT),
             critical: value["critical"].as_i64().unwrap_or(0),
             status: value["status"].as_u64().unwrap_or(0) as u32,
@@ -115,15 +119,18 @@ struct Service {
     pipeline: mpsc::Sender<Processed>,
     failing: Arc<FailingAgents>,
     telemetry: Arc<Telemetry>,
-    /// Liveness of every known agent with its next deadline (unix seconds).
+    /// Liveness of every known agent with its next deadline (unix milliseconds).
     agents: HashMap<AgentKey, (Liveness, i64)>,
     deadlines: BTreeSet<(i64, AgentKey)>,
     /// Keepalive writes eventd had no room for; only the latest per agent is kept.
     pending: HashMap<AgentKey, Submission>,
 }
 
-fn now_unix() -> i64 {
-    crate::api::now_unix()
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Service {
@@ -135,7 +142,7 @@ impl Service {
         loop {
             let next = self.deadlines.first().map(|(at, _)| *at);
             let wait = match next {
-                Some(at) => Duration::from_millis(((at - now_unix()).max(0) * 1000) as u64),
+                Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -152,7 +159,7 @@ impl Service {
 
     /// Re-arms every agent from the liveness records (see the module comment).
     async fn rebuild(&mut self) -> kensa_store::Result<()> {
-        let now = now_unix();
+        let now = now_ms();
         let mut query = ListQuery {
             kind: LIVENESS_KIND.into(),
             namespace: None,
@@ -165,7 +172,7 @@ impl Service {
                 let liveness = Liveness::from_record(&item.value);
                 let key = (item.key.namespace, item.key.name);
                 let due = if liveness.status == 0 {
-                    (liveness.last_seen + liveness.warning).max(now + liveness.warning)
+                    (liveness.last_seen + liveness.warning * 1000).max(now + liveness.warning * 1000)
                 } else {
                     self.failing.set(&key.0, &key.1, true);
                     next_failure_deadline(&liveness, now)
@@ -200,7 +207,8 @@ impl Service {
 
     async fn keepalive(&mut self, keepalive: Value) {
         self.telemetry.keepalives.inc();
-        let now = now_unix();
+        let now_millis = now_ms();
+        let now = now_millis / 1000;
         let namespace = str_of(&keepalive["metadata"]["namespace"]).to_owned();
         let name = str_of(&keepalive["entity"]["metadata"]["name"]).to_owned();
         if namespace.is_empty() || name.is_empty() {
@@ -214,12 +222,12 @@ impl Service {
         let critical = keepalive["check"]["ttl"].as_i64().unwrap_or(0).max(0);
         let was_failing = self.agents.get(&key).is_some_and(|(l, _)| l.status > 0);
         let liveness = Liveness {
-            last_seen: now,
+            last_seen: now_millis,
             warning,
             critical,
             status: 0,
         };
-        self.arm(key.clone(), liveness.clone(), now + warning);
+        self.arm(key.clone(), liveness.clone(), now_millis + warning * 1000);
         if was_failing {
             self.failing.set(&namespace, &name, false);
         }
@@ -333,7 +341,7 @@ impl Service {
     }
 
     async fn fire_due(&mut self) {
-        let now = now_unix();
+        let now = now_ms();
         while let Some((at, key)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
@@ -347,7 +355,9 @@ impl Service {
     }
 
     /// A deadline passed: deregister, or raise (or re-raise, or escalate) the failure.
-    async fn expired(&mut self, key: AgentKey, mut liveness: Liveness, now: i64) {
+    /// `now` is in unix milliseconds.
+    async fn expired(&mut self, key: AgentKey, mut liveness: Liveness, now_millis: i64) {
+        let now = now_millis / 1000;
         let (namespace, name) = key.clone();
         let entity_key = Key::new("entities", &namespace, &name);
         let Some(entity) = self.view.get(&entity_key) else {
@@ -363,8 +373,9 @@ impl Service {
             self.deregister(&key, &entity, now).await;
             return;
         }
-        let elapsed = now - liveness.last_seen;
-        let (status, threshold) = if liveness.critical > 0 && elapsed >= liveness.critical {
+        let elapsed_ms = now_millis - liveness.last_seen;
+        let elapsed = elapsed_ms / 1000;
+        let (status, threshold) = if liveness.critical > 0 && elapsed_ms >= liveness.critical * 1000 {
             (2, liveness.critical)
         } else {
             (1, liveness.warning)
@@ -409,7 +420,7 @@ impl Service {
             key.clone(),
             Submission::with_writes(event, Origin::Internal, writes),
         );
-        let due = next_failure_deadline(&liveness, now);
+        let due = next_failure_deadline(&liveness, now_millis);
         self.arm(key, liveness, due);
     }
 
@@ -493,13 +504,14 @@ impl Service {
     }
 }
 
-/// When to look again at a failing agent: at its critical deadline while that is pending,
-/// else one warning period from now (the failure is re-raised while the agent stays silent).
-fn next_failure_deadline(liveness: &Liveness, now: i64) -> i64 {
+/// When (unix ms) to look again at a failing agent: at its critical deadline while that is
+/// pending, else one warning period from now (the failure is re-raised while the agent stays
+/// silent).
+fn next_failure_deadline(liveness: &Liveness, now_ms: i64) -> i64 {
     if liveness.critical > 0 && liveness.status < 2 {
-        (liveness.last_seen + liveness.critical).max(now)
+        (liveness.last_seen + liveness.critical * 1000).max(now_ms)
     } else {
-        now + liveness.warning.max(1)
+        now_ms + liveness.warning.max(1) * 1000
     }
 }
 
@@ -557,17 +569,17 @@ mod tests {
     #[test]
     fn failure_deadlines_escalate_exactly_at_the_critical_timeout() {
         let liveness = Liveness {
-            last_seen: 1000,
+            last_seen: 1_000_000,
             warning: 10,
             critical: 25,
             status: 1,
         };
-        // Warning raised at 1010: critical exactly at last_seen + 25, not at 1020 or 1030.
-        assert_eq!(next_failure_deadline(&liveness, 1010), 1025);
+        // Warning raised at +10 s: critical exactly at last_seen + 25 s, not at +20 or +30 s.
+        assert_eq!(next_failure_deadline(&liveness, 1_010_000), 1_025_000);
         let critical = Liveness {
             status: 2,
             ..liveness
         };
-        assert_eq!(next_failure_deadline(&critical, 1025), 1035);
+        assert_eq!(next_failure_deadline(&critical, 1_025_000), 1_035_000);
     }
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_agent;
+
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -108,4 +110,23 @@ pub fn expect(answer: Answer, status: u16) -> Answer {
         answer.text
     );
     answer
+}
+
+/// Polls `path` until `accept` holds for the body (200 answers only), for at most `wait`;
+/// returns the accepted body and when it was seen.
+pub async fn poll_until(
+    client: &Client,
+    path: &str,
+    wait: std::time::Duration,
+    accept: impl Fn(&Value) -> bool,
+) -> Option<(Value, std::time::Instant)> {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        let answer = client.get(path).await;
+        if answer.status == StatusCode::OK && accept(&answer.body) {
+            return Some((answer.body, std::time::Instant::now()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
 }
