@@ -508,7 +508,11 @@ mod tests {
             (
                 "@yearly",
                 "2024-03-05T10:07:00Z",
-                &["2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z"],
+                &[
+                    "2025-01-01T00:00:00Z",
+                    "2026-01-01T00:00:00Z",
+                    "2027-01-01T00:00:00Z",
+                ],
             ),
             // Never: robfig gives up after five years, so do we.
             ("0 0 30 2 *", "2024-01-01T00:00:00Z", &[]),
@@ -586,7 +590,10 @@ mod tests {
             ("* * * *", "expected exactly 5 fields"),
             ("61 * * * *", "above maximum"),
             ("@often", "unrecognized descriptor"),
-            ("TZ=Mars/Olympus * * * * *", "unknown time zone \"Mars/Olympus\""),
+            (
+                "TZ=Mars/Olympus * * * * *",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
         ];
         for (spec, message) in cases {
             let err = CronSchedule::parse(spec, &TimeZone::UTC)

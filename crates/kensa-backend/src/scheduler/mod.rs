@@ -11,19 +11,19 @@
 //! are a stable hash, cron is wall-clock), so the round id `<namespace>/<check>@<tick ms>` is
 //! the same everywhere and agents can deduplicate on it (§8.7).
 //!
-//! Code map: `core.rs` — the state and what happens on each event, given the time (start
+//! Code map: `state.rs` — the state and what happens on each event, given the time (start
 //! there); `schedule.rs` — fire times and the timer queue; `cron.rs` — cron next-fire;
 //! `request.rs` — building, proxy expansion and round ids; `adhoc.rs` — the ad hoc queue's
 //! store side.
 //!
-//! Not yet: round robin is not exclusive (see the `RoundRobin` branch in `core.rs`), and
+//! Not yet: round robin is not exclusive (see the `RoundRobin` branch in `state.rs`), and
 //! secrets are never sent (Sensu only sends them over mTLS).
 
 mod adhoc;
-mod core;
 pub mod cron;
 mod request;
 mod schedule;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ use kensa_store::Store;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use self::core::SchedulerCore;
+use self::state::{Inbox, SchedulerCore};
 use crate::dispatch::Dispatcher;
 use crate::telemetry::Telemetry;
 use crate::view::ConfigView;
@@ -71,7 +71,7 @@ fn wall_clock_ms() -> i64 {
 
 async fn run(
     mut core: SchedulerCore,
-    mut inbox: core::Inbox,
+    mut inbox: Inbox,
     mut changes: tokio::sync::broadcast::Receiver<Arc<kensa_store::Key>>,
     shutdown: CancellationToken,
 ) {

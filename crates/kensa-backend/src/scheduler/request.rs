@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kensa_eval::{synthesize_entity, substitute_json, Engine, Limits};
+use kensa_eval::{substitute_json, synthesize_entity, Engine, Limits};
 use kensa_proto::{BackendMessage, CheckRequest};
 use kensa_types::resources::asset::Asset;
 use kensa_types::resources::check::CheckConfig;
@@ -89,12 +89,6 @@ pub fn encode(request: CheckRequest) -> Frame {
     Arc::new(BackendMessage::CheckRequest(Box::new(request)).encode())
 }
 
-/// One proxy request, ready to publish.
-pub struct ProxyFrame {
-    pub entity: String,
-    pub frame: Frame,
-}
-
 thread_local! {
     /// The entity-expression engine of this blocking-pool thread (QuickJS contexts are used by
     /// one thread at a time); `None` until first use or if it could not be created.
@@ -105,7 +99,7 @@ thread_local! {
 /// with the check's tokens substituted from that entity, `proxy_entity_name` set and
 /// `/<entity>` appended to the round id. An entity whose expressions fail to evaluate, or
 /// whose substitution leaves a token unmatched, is skipped with a warning. Blocking.
-pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: i64) -> Vec<ProxyFrame> {
+pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: i64) -> Vec<Frame> {
     let config = &template.config;
     let namespace = config.metadata.namespace.as_str();
     let check = config.metadata.name.as_str();
@@ -128,24 +122,30 @@ pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: 
         let engine = slot.as_mut().expect("engine was just created");
         entities
             .iter()
-            .filter(|entity| match engine.entity_matches(entity, expressions, now_unix) {
-                Ok(matched) => matched,
-                Err(err) => {
-                    tracing::warn!(
-                        namespace,
-                        check,
-                        entity = %entity_name(entity),
-                        %err,
-                        "proxy entity_attributes failed to evaluate; entity not matched"
-                    );
-                    false
-                }
-            })
+            .filter(
+                |entity| match engine.entity_matches(entity, expressions, now_unix) {
+                    Ok(matched) => matched,
+                    Err(err) => {
+                        tracing::warn!(
+                            namespace,
+                            check,
+                            entity = %entity_name(entity),
+                            %err,
+                            "proxy entity_attributes failed to evaluate; entity not matched"
+                        );
+                        false
+                    }
+                },
+            )
             .cloned()
             .collect::<Vec<_>>()
     });
     if matching.is_empty() {
-        tracing::warn!(namespace, check, "no entities match the proxy check's entity_attributes");
+        tracing::warn!(
+            namespace,
+            check,
+            "no entities match the proxy check's entity_attributes"
+        );
         return Vec::new();
     }
     let config_json = match serde_json::to_value(config) {
@@ -186,10 +186,7 @@ pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: 
             round: format!("{}/{name}", template.round),
             hook_assets: template.hook_assets.clone(),
         };
-        frames.push(ProxyFrame {
-            entity: name,
-            frame: encode(request),
-        });
+        frames.push(encode(request));
     }
     frames
 }

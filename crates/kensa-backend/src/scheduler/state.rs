@@ -11,10 +11,11 @@ use kensa_proto::CheckRequest;
 use kensa_store::{Key, Store};
 use kensa_types::resources::check::{CheckConfig, DEFAULT_SPLAY_COVERAGE};
 use serde::Deserialize as _;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::adhoc::{self, AdhocRecord, StoreCommand};
-use super::request::{self, ProxyFrame};
+use super::request;
 use super::schedule::{CheckSchedule, ScheduleSource, TimerQueue};
 use crate::api::special::ADHOC_KIND;
 use crate::dispatch::{Dispatcher, Frame};
@@ -35,17 +36,11 @@ pub struct CheckKey {
     pub name: String,
 }
 
-impl CheckKey {
-    fn of(config: &CheckConfig) -> CheckKey {
-        CheckKey {
-            namespace: config.metadata.namespace.clone(),
-            name: config.metadata.name.clone(),
-        }
-    }
-}
-
 /// A check the scheduler knows, with its current definition.
 struct ScheduledCheck {
+    /// The stored definition this was decoded from: a resync skips checks whose value is the
+    /// same allocation (the view replaces the `Arc` on every write).
+    raw: Arc<Value>,
     config: Arc<CheckConfig>,
     source: ScheduleSource,
     /// `None` when the schedule cannot be computed (unknown time zone…): the check stays
@@ -105,7 +100,7 @@ enum Origin {
 pub struct ProxyExpansion {
     origin: Origin,
     target: Arc<Target>,
-    frames: Vec<ProxyFrame>,
+    frames: Vec<Frame>,
 }
 
 /// What the scheduler task must also listen to, besides the view and its timers.
@@ -181,12 +176,19 @@ impl SchedulerCore {
     /// restarted, unchanged ones updated in place, vanished ones stopped. Also asks the store
     /// worker for the queued ad hoc requests.
     pub fn sync_all(&mut self, now_ms: i64) {
-        let configs: Vec<CheckConfig> = self.view.decode_all("checks", None);
-        let mut present = HashSet::with_capacity(configs.len());
-        for config in configs {
-            let key = CheckKey::of(&config);
+        let checks = self.view.list("checks", None);
+        let mut present = HashSet::with_capacity(checks.len());
+        for raw in checks {
+            let metadata = &raw["metadata"];
+            let key = CheckKey {
+                namespace: metadata["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                name: metadata["name"].as_str().unwrap_or_default().to_owned(),
+            };
             present.insert(key.clone());
-            self.apply_check(key, Some(config), now_ms);
+            self.apply_check(key, Some(raw), now_ms);
         }
         let vanished: Vec<CheckKey> = self
             .checks
@@ -197,7 +199,11 @@ impl SchedulerCore {
         for key in vanished {
             self.apply_check(key, None, now_ms);
         }
-        if self.store_commands.try_send(StoreCommand::ListAdhoc).is_err() {
+        if self
+            .store_commands
+            .try_send(StoreCommand::ListAdhoc)
+            .is_err()
+        {
             tracing::debug!("store worker busy; ad hoc requests are listed at the next resync");
         }
     }
@@ -206,12 +212,12 @@ impl SchedulerCore {
     pub fn on_change(&mut self, key: &Key, now_ms: i64) {
         match key.kind.as_str() {
             "checks" => {
-                let config = self.view.decode("checks", &key.namespace, &key.name);
+                let raw = self.view.get(key);
                 let check = CheckKey {
                     namespace: key.namespace.clone(),
                     name: key.name.clone(),
                 };
-                self.apply_check(check, config, now_ms);
+                self.apply_check(check, raw, now_ms);
             }
             ADHOC_KIND => self.handle_adhoc(key, now_ms),
             // Assets, hooks and entities are read when a request is built.
@@ -219,25 +225,42 @@ impl SchedulerCore {
         }
     }
 
-    fn apply_check(&mut self, key: CheckKey, config: Option<CheckConfig>, now_ms: i64) {
-        let Some(config) = config else {
-            if self.checks.remove(&key).is_some() {
-                tracing::debug!(namespace = %key.namespace, check = %key.name, "check unscheduled");
+    /// Applies the stored definition `raw` of `key` (`None`: deleted).
+    fn apply_check(&mut self, key: CheckKey, raw: Option<Arc<Value>>, now_ms: i64) {
+        if let (Some(raw), Some(known)) = (&raw, self.checks.get(&key)) {
+            if Arc::ptr_eq(raw, &known.raw) {
+                return;
             }
-            self.round_robin_warned.remove(&key);
-            return;
+        }
+        let decoded = raw.map(|raw| (CheckConfig::deserialize(raw.as_ref()), raw));
+        let (config, raw) = match decoded {
+            Some((Ok(config), raw)) => (config, raw),
+            Some((Err(err), _)) => {
+                tracing::warn!(namespace = %key.namespace, check = %key.name, %err, "stored check does not decode; not scheduled");
+                self.unschedule(&key);
+                return;
+            }
+            None => {
+                self.unschedule(&key);
+                return;
+            }
         };
         let source = ScheduleSource::of(&config);
         if let Some(known) = self.checks.get_mut(&key) {
             if known.source == source {
                 known.config = Arc::new(config);
+                known.raw = raw;
                 return;
             }
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        let schedule = match CheckSchedule::of(&key.namespace, &key.name, &source, &self.default_zone)
-        {
+        let schedule = match CheckSchedule::of(
+            &key.namespace,
+            &key.name,
+            &source,
+            &self.default_zone,
+        ) {
             Ok(schedule) => Some(schedule),
             Err(err) => {
                 tracing::warn!(namespace = %key.namespace, check = %key.name, %err, "check cannot be scheduled");
@@ -264,12 +287,20 @@ impl SchedulerCore {
         self.checks.insert(
             key,
             ScheduledCheck {
+                raw,
                 config: Arc::new(config),
                 source,
                 schedule,
                 generation,
             },
         );
+    }
+
+    fn unschedule(&mut self, key: &CheckKey) {
+        if self.checks.remove(key).is_some() {
+            tracing::debug!(namespace = %key.namespace, check = %key.name, "check unscheduled");
+        }
+        self.round_robin_warned.remove(key);
     }
 
     fn is_current(&self, check: &CheckKey, generation: u64) -> bool {
@@ -282,9 +313,7 @@ impl SchedulerCore {
     pub fn run_due(&mut self, now_ms: i64) {
         while let Some((due_ms, timer)) = self.timers.pop_due(now_ms) {
             match timer {
-                Timer::Tick { check, generation } => {
-                    self.fire(check, generation, due_ms, now_ms)
-                }
+                Timer::Tick { check, generation } => self.fire(check, generation, due_ms, now_ms),
                 Timer::Publish {
                     check,
                     generation,
@@ -301,7 +330,11 @@ impl SchedulerCore {
 
     /// One scheduled fire of `check` for the tick `tick_ms`, run at `now_ms`.
     fn fire(&mut self, check: CheckKey, generation: u64, tick_ms: i64, now_ms: i64) {
-        let Some(known) = self.checks.get(&check).filter(|c| c.generation == generation) else {
+        let Some(known) = self
+            .checks
+            .get(&check)
+            .filter(|c| c.generation == generation)
+        else {
             return; // deleted or rescheduled since this timer was set
         };
         let Some(schedule) = &known.schedule else {
@@ -408,8 +441,8 @@ impl SchedulerCore {
         } = expansion;
         match origin {
             Origin::Adhoc => {
-                for proxy in frames {
-                    self.deliver(&target, &proxy.frame);
+                for frame in frames {
+                    self.deliver(&target, &frame);
                 }
             }
             Origin::Scheduled {
@@ -423,10 +456,10 @@ impl SchedulerCore {
                     return;
                 }
                 let gap_ms = window_ms / frames.len().max(1) as i64;
-                for (i, proxy) in frames.into_iter().enumerate() {
+                for (i, frame) in frames.into_iter().enumerate() {
                     let due_ms = tick_ms + i as i64 * gap_ms;
                     if due_ms <= now_ms {
-                        self.deliver(&target, &proxy.frame);
+                        self.deliver(&target, &frame);
                     } else {
                         self.timers.push(
                             due_ms,
@@ -434,7 +467,7 @@ impl SchedulerCore {
                                 check: check.clone(),
                                 generation,
                                 target: target.clone(),
-                                frame: proxy.frame,
+                                frame,
                             },
                         );
                     }
