@@ -122,11 +122,13 @@ mod tests {
             .map(|&status| CheckHistory {
                 status,
                 executed: 1,
+                flapping: false,
             })
             .collect();
         history.push(CheckHistory {
             status,
             executed: 2,
+            flapping: false,
         });
         Event {
             check: Some(Check {

@@ -156,10 +156,12 @@ fn event(handlers: &[&str]) -> Event {
                 CheckHistory {
                     status: 0,
                     executed: 1_699_999_940,
+                    flapping: false,
                 },
                 CheckHistory {
                     status: 2,
                     executed: 1_700_000_000,
+                    flapping: false,
                 },
             ],
             handlers: handlers.iter().map(|h| h.to_string()).collect(),
@@ -182,10 +184,12 @@ fn ok_event(handlers: &[&str]) -> Event {
         CheckHistory {
             status: 0,
             executed: 1,
+            flapping: false,
         },
         CheckHistory {
             status: 0,
             executed: 2,
+            flapping: false,
         },
     ];
     event

@@ -90,6 +90,13 @@ pub fn merge_check(previous: Option<&Value>, mut check: Value) -> Value {
         }
     };
 
+    // Kensa records whether each result was flapping (Sensu's field exists but is never set),
+    // so filters can tell a flap's start and end (`is_flapping_start`/`_end`).
+    if flapping {
+        if let Some(last) = history.last_mut() {
+            last["flapping"] = json!(true);
+        }
+    }
     let object = check.as_object_mut().expect("a check is an object");
     object.insert("history".into(), Value::Array(history));
     object.insert("total_state_change".into(), json!(tsc));

@@ -283,6 +283,9 @@ impl From<CheckConfig> for Check {
 pub struct CheckHistory {
     pub status: u32,
     pub executed: i64,
+    /// Whether this result was flapping (a Kensa extension: Sensu never sets it).
+    #[serde(skip_serializing_if = "is_false")]
+    pub flapping: bool,
 }
 
 /// `proxy_requests`: run the check for every entity matching `entity_attributes`.

@@ -294,10 +294,12 @@ mod tests {
         check.history = vec![super::super::check::CheckHistory {
             status: 2,
             executed: 1,
+            flapping: false,
         }];
         check.history.push(super::super::check::CheckHistory {
             status: 0,
             executed: 2,
+            flapping: false,
         });
         let event = Event {
             check: Some(check),

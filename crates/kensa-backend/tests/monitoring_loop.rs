@@ -1,0 +1,569 @@
+//! The monitoring loop end to end: a real backend, real agents (in-process, talking over the
+//! agent WebSocket), real Nagios plugins from Debian's `monitoring-plugins-basic`, and pipe
+//! handlers that record what they receive.
+//!
+//! Without the plugins these tests print that they were skipped — unless KENSA_PLUGIN_TESTS is
+//! set (CI), where a missing plugin is a failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{expect, poll_until, Client};
+use kensa_agent::config::{AgentConfig, RetryPolicy};
+use kensa_agent::Agent;
+use kensa_backend::testing::TestServer;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const PLUGINS: &str = "/usr/lib/nagios/plugins";
+
+fn plugins_available() -> bool {
+    let present = Path::new(PLUGINS).join("check_dummy").exists();
+    if !present {
+        assert!(
+            std::env::var_os("KENSA_PLUGIN_TESTS").is_none(),
+            "KENSA_PLUGIN_TESTS is set but {PLUGINS}/check_dummy is missing"
+        );
+        eprintln!("skipped: monitoring-plugins-basic is not installed ({PLUGINS})");
+    }
+    present
+}
+
+fn plugin(name: &str) -> String {
+    format!("{PLUGINS}/{name}")
+}
+
+struct Loop {
+    server: TestServer,
+    client: Client,
+    dir: tempfile::TempDir,
+}
+
+struct RunningAgent {
+    shutdown: CancellationToken,
+    agent: Agent,
+}
+
+impl RunningAgent {
+    /// Stops the agent without any goodbye (the backend sees the connection drop, exactly as
+    /// when the process dies).
+    async fn kill(self) {
+        self.shutdown.cancel();
+        self.agent.stopped().await;
+    }
+}
+
+impl Loop {
+    async fn start() -> Loop {
+        let server = TestServer::start().await.unwrap();
+        let client = Client::login(&server.url, &server.admin_username, &server.admin_password).await;
+        Loop {
+            server,
+            client,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn agent_config(&self, name: &str, subscriptions: &[&str]) -> AgentConfig {
+        AgentConfig {
+            name: name.into(),
+            backend_urls: vec![self.server.agent_url.clone()],
+            namespace: "default".into(),
+            subscriptions: subscriptions.iter().map(|s| s.to_string()).collect(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            user: "agent".into(),
+            password: "P@ssw0rd!".into(),
+            cache_dir: self.dir.path().join(format!("cache-{name}")),
+            keepalive_interval: 1,
+            keepalive_warning_timeout: 5,
+            keepalive_critical_timeout: 8,
+            keepalive_handlers: Vec::new(),
+            deregister: false,
+            deregistration_handler: String::new(),
+            redact: Vec::new(),
+            api: None,
+            socket: None,
+            statsd: None,
+            statsd_flush_interval: Duration::from_secs(10),
+            statsd_event_handlers: Vec::new(),
+            trusted_ca_file: None,
+            insecure_skip_tls_verify: false,
+            retry: RetryPolicy {
+                min: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+                multiplier: 2.0,
+            },
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(45),
+            max_concurrent_checks: 8,
+            log_level: "warn".into(),
+        }
+    }
+
+    async fn agent(&self, name: &str, subscriptions: &[&str]) -> RunningAgent {
+        self.agent_with(self.agent_config(name, subscriptions)).await
+    }
+
+    async fn agent_with(&self, config: AgentConfig) -> RunningAgent {
+        let shutdown = CancellationToken::new();
+        let agent = Agent::start(config, shutdown.clone()).await.unwrap();
+        RunningAgent { shutdown, agent }
+    }
+
+    /// A pipe handler that appends every event it receives (one JSON per line) to a file.
+    async fn recording_handler(&self, name: &str, filters: &[&str]) -> PathBuf {
+        let file = self.dir.path().join(format!("{name}.jsonl"));
+        let command = format!("cat >> '{}'; echo >> '{}'", file.display(), file.display());
+        expect(
+            self.client
+                .post(
+                    "namespaces/default/handlers",
+                    &json!({
+                        "metadata": {"name": name, "namespace": "default"},
+                        "type": "pipe",
+                        "command": command,
+                        "timeout": 10,
+                        "filters": filters,
+                    }),
+                )
+                .await,
+            201,
+        );
+        file
+    }
+
+    async fn check(&self, definition: Value) {
+        let name = definition["metadata"]["name"].as_str().unwrap().to_owned();
+        let mut definition = definition;
+        definition["metadata"]["namespace"] = json!("default");
+        expect(
+            self.client
+                .put(&format!("namespaces/default/checks/{name}"), &definition)
+                .await,
+            201,
+        );
+    }
+
+    async fn event(&self, entity: &str, check: &str, wait: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+        poll_until(
+            &self.client,
+            &format!("namespaces/default/events/{entity}/{check}"),
+            wait,
+            accept,
+        )
+        .await
+        .unwrap_or_else(|| panic!("event {entity}/{check} did not reach the expected state"))
+        .0
+    }
+}
+
+/// The events a recording handler received.
+fn handled(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("handler received JSON"))
+        .collect()
+}
+
+async fn wait_handled(file: &Path, wait: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Some(event) = handled(file).into_iter().find(|e| accept(e)) {
+            return event;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no matching event reached the handler; it got: {:?}",
+        handled(file)
+            .iter()
+            .map(|e| (e["check"]["metadata"]["name"].clone(), e["check"]["status"].clone()))
+            .collect::<Vec<_>>()
+    );
+}
+
+fn check_name(event: &Value) -> &str {
+    event["check"]["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn failures_reach_the_handler_resolutions_too_and_silenced_ones_do_not() {
+    if !plugins_available() {
+        return;
+    }
+    let lp = Loop::start().await;
+    let file = lp
+        .recording_handler("record", &["is_incident", "not_silenced"])
+        .await;
+    expect(
+        lp.client
+            .post(
+                "namespaces/default/silenced",
+                &json!({"subscription": "*", "check": "quiet", "reason": "maintenance"}),
+            )
+            .await,
+        201,
+    );
+    lp.check(json!({
+        "metadata": {"name": "disk"},
+        "command": format!("{} 2 'disk full'", plugin("check_dummy")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "handlers": ["record"],
+        "publish": true,
+    }))
+    .await;
+    lp.check(json!({
+        "metadata": {"name": "quiet"},
+        "command": format!("{} 2 'silenced failure'", plugin("check_dummy")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "handlers": ["record"],
+        "publish": true,
+    }))
+    .await;
+    let agent = lp.agent("web-1", &["linux"]).await;
+
+    let failure = wait_handled(&file, Duration::from_secs(15), |e| {
+        check_name(e) == "disk" && e["check"]["status"] == 2
+    })
+    .await;
+    assert_eq!(failure["check"]["output"], "CRITICAL: disk full\n");
+    assert_eq!(failure["entity"]["metadata"]["name"], "web-1");
+    assert_eq!(failure["check"]["processed_by"], "web-1");
+
+    // The silenced check fails too, and is stored as silenced, but never handled.
+    let quiet = lp
+        .event("web-1", "quiet", Duration::from_secs(10), |e| {
+            e["check"]["occurrences"].as_i64().unwrap_or(0) >= 2
+        })
+        .await;
+    assert_eq!(quiet["check"]["is_silenced"], true);
+    assert_eq!(quiet["check"]["silenced"], json!(["*:quiet"]));
+
+    // Fix the check: the resolution is handled (is_incident lets resolutions through).
+    lp.check(json!({
+        "metadata": {"name": "disk"},
+        "command": format!("{} 0 'disk fine'", plugin("check_dummy")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "handlers": ["record"],
+        "publish": true,
+    }))
+    .await;
+    let resolution = wait_handled(&file, Duration::from_secs(15), |e| {
+        check_name(e) == "disk" && e["check"]["status"] == 0
+    })
+    .await;
+    let history: Vec<u64> = resolution["check"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(history.last(), Some(&0));
+    assert!(history.contains(&2), "the resolution carries the failures: {history:?}");
+    // OK results after the resolution are not incidents: they are filtered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let disk_ok = handled(&file)
+        .into_iter()
+        .filter(|e| check_name(e) == "disk" && e["check"]["status"] == 0)
+        .count();
+    assert_eq!(disk_ok, 1, "only the resolution itself is handled");
+    assert!(
+        handled(&file).iter().all(|e| check_name(e) != "quiet"),
+        "a silenced event never reaches the handler"
+    );
+    agent.kill().await;
+    lp.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_killed_agent_raises_keepalive_warning_then_critical() {
+    let lp = Loop::start().await;
+    let agent = lp.agent("doomed", &["linux"]).await;
+    lp.event("doomed", "keepalive", Duration::from_secs(10), |e| {
+        e["check"]["status"] == 0
+    })
+    .await;
+    // Let a couple more keepalives through, then kill it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.kill().await;
+    let killed = Instant::now();
+    let warning = lp
+        .event("doomed", "keepalive", Duration::from_secs(10), |e| {
+            e["check"]["status"] == 1
+        })
+        .await;
+    let warned_after = killed.elapsed();
+    // The last keepalive came up to one interval (1 s) before the kill.
+    assert!(
+        warned_after <= Duration::from_secs(6),
+        "warning within warning-timeout + 1 s, got {warned_after:?}"
+    );
+    assert!(warning["check"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("No keepalive sent from doomed"));
+    lp.event("doomed", "keepalive", Duration::from_secs(10), |e| {
+        e["check"]["status"] == 2
+    })
+    .await;
+    let critical_after = killed.elapsed();
+    assert!(
+        critical_after >= Duration::from_secs(6) && critical_after <= Duration::from_secs(9),
+        "critical at the critical timeout (8 s after the last keepalive), got {critical_after:?}"
+    );
+    lp.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_check_whose_results_stop_raises_its_ttl_failure() {
+    let lp = Loop::start().await;
+    lp.check(json!({
+        "metadata": {"name": "heartbeat"},
+        "command": "true",
+        "interval": 1,
+        "ttl": 5,
+        "subscriptions": ["linux"],
+        "publish": true,
+    }))
+    .await;
+    let agent = lp.agent("web-2", &["linux"]).await;
+    lp.event("web-2", "heartbeat", Duration::from_secs(10), |e| {
+        e["check"]["occurrences"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
+    // Stop scheduling it: results stop, the TTL runs out.
+    lp.check(json!({
+        "metadata": {"name": "heartbeat"},
+        "command": "true",
+        "interval": 1,
+        "ttl": 5,
+        "subscriptions": ["linux"],
+        "publish": false,
+    }))
+    .await;
+    let failed = lp
+        .event("web-2", "heartbeat", Duration::from_secs(12), |e| {
+            e["check"]["status"] == 1
+        })
+        .await;
+    assert!(
+        failed["check"]["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("Last check execution was"),
+        "{}",
+        failed["check"]["output"]
+    );
+    agent.kill().await;
+    lp.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_check_runs_once_per_matching_proxy_entity() {
+    if !plugins_available() {
+        return;
+    }
+    let lp = Loop::start().await;
+    for (name, kind) in [("router-1", "router"), ("router-2", "router"), ("switch-1", "switch")] {
+        expect(
+            lp.client
+                .post(
+                    "namespaces/default/entities",
+                    &json!({
+                        "metadata": {"name": name, "namespace": "default", "labels": {"kind": kind}},
+                        "entity_class": "proxy",
+                    }),
+                )
+                .await,
+            200,
+        );
+    }
+    lp.check(json!({
+        "metadata": {"name": "reach"},
+        "command": format!("{} 0 '{{{{ .name }}}} reachable'", plugin("check_dummy")),
+        "interval": 1,
+        "subscriptions": ["poller"],
+        "publish": true,
+        "proxy_requests": {"entity_attributes": ["entity.metadata.labels.kind == 'router'"]},
+    }))
+    .await;
+    let agent = lp.agent("poller-1", &["poller"]).await;
+    for router in ["router-1", "router-2"] {
+        let event = lp
+            .event(router, "reach", Duration::from_secs(10), |_| true)
+            .await;
+        assert_eq!(event["check"]["output"], format!("OK: {router} reachable\n"));
+        assert_eq!(event["entity"]["entity_class"], "proxy");
+        assert_eq!(event["check"]["processed_by"], "poller-1");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    expect(lp.client.get("namespaces/default/events/switch-1/reach").await, 404);
+    expect(lp.client.get("namespaces/default/events/poller-1/reach").await, 404);
+    agent.kill().await;
+    lp.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn perfdata_from_real_plugins_becomes_metric_points() {
+    if !plugins_available() {
+        return;
+    }
+    let lp = Loop::start().await;
+    let api_port = lp.server.url.rsplit(':').next().unwrap().to_owned();
+    lp.check(json!({
+        "metadata": {"name": "load"},
+        "command": format!("{} -w 100,100,100 -c 200,200,200", plugin("check_load")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "publish": true,
+        "output_metric_format": "nagios_perfdata",
+        "output_metric_tags": [{"name": "team", "value": "ops"}],
+    }))
+    .await;
+    lp.check(json!({
+        "metadata": {"name": "api-port"},
+        "command": format!("{} -H 127.0.0.1 -p {api_port}", plugin("check_tcp")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "publish": true,
+        "output_metric_format": "nagios_perfdata",
+    }))
+    .await;
+    lp.check(json!({
+        "metadata": {"name": "procs"},
+        "command": format!("{} -c 1:", plugin("check_procs")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "publish": true,
+    }))
+    .await;
+    let agent = lp.agent("web-3", &["linux"]).await;
+    let load = lp
+        .event("web-3", "load", Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(load["check"]["status"], 0, "{}", load["check"]["output"]);
+    let points = load["metrics"]["points"].as_array().expect("metric points");
+    let names: Vec<&str> = points.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"load1"), "{names:?}");
+    assert!(points[0]["tags"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "team", "value": "ops"})));
+    let tcp = lp
+        .event("web-3", "api-port", Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(tcp["check"]["status"], 0, "{}", tcp["check"]["output"]);
+    assert!(tcp["metrics"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "time"));
+    let procs = lp
+        .event("web-3", "procs", Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(procs["check"]["status"], 0, "{}", procs["check"]["output"]);
+    agent.kill().await;
+    lp.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flapping_sequence_sets_state_and_total_state_change() {
+    let lp = Loop::start().await;
+    let flap_file = lp.recording_handler("flaps", &[]).await;
+    expect(
+        lp.client
+            .post(
+                "namespaces/default/filters",
+                &json!({
+                    "metadata": {"name": "flap-edges", "namespace": "default"},
+                    "action": "allow",
+                    "expressions": ["event.is_flapping_start || event.is_flapping_end"],
+                }),
+            )
+            .await,
+        201,
+    );
+    expect(
+        lp.client
+            .put(
+                "namespaces/default/handlers/flaps",
+                &json!({
+                    "metadata": {"name": "flaps", "namespace": "default"},
+                    "type": "pipe",
+                    "command": format!("cat >> '{0}'; echo >> '{0}'", flap_file.display()),
+                    "filters": ["flap-edges"],
+                }),
+            )
+            .await,
+        201,
+    );
+    let post = |status: u32| {
+        let client = &lp.client;
+        async move {
+            expect(
+                client
+                    .post(
+                        "namespaces/default/events",
+                        &json!({
+                            "entity": {"metadata": {"name": "flappy", "namespace": "default"}},
+                            "check": {
+                                "metadata": {"name": "svc", "namespace": "default"},
+                                "status": status,
+                                "interval": 10,
+                                "low_flap_threshold": 20,
+                                "high_flap_threshold": 40,
+                                "handlers": ["flaps"],
+                                "output": "x",
+                            },
+                        }),
+                    )
+                    .await,
+                201,
+            );
+            expect(client.get("namespaces/default/events/flappy/svc").await, 200).body
+        }
+    };
+    let mut statuses = Vec::new();
+    let mut states = Vec::new();
+    for i in 0..10 {
+        let status = if i % 2 == 0 { 0 } else { 2 };
+        statuses.push(u64::from(status));
+        let event = post(status).await;
+        assert_eq!(
+            event["check"]["total_state_change"].as_u64().unwrap(),
+            u64::from(kensa_types::event_state::total_state_change(&statuses)),
+            "after {statuses:?}"
+        );
+        states.push(event["check"]["state"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(states.last().unwrap(), "flapping", "{states:?}");
+    // Steady OK results: TSC falls; flapping ends only once it drops to the low threshold.
+    let mut ended_at_tsc = None;
+    for _ in 0..21 {
+        statuses.push(0);
+        let event = post(0).await;
+        if event["check"]["state"] == "passing" && ended_at_tsc.is_none() {
+            ended_at_tsc = event["check"]["total_state_change"].as_u64();
+        }
+    }
+    let ended_at_tsc = ended_at_tsc.expect("flapping ended");
+    assert!(ended_at_tsc <= 20, "hysteresis: ends at or below the low threshold, got {ended_at_tsc}");
+    // The handler saw exactly the flap start and the flap end.
+    let edges = wait_handled(&flap_file, Duration::from_secs(10), |e| e["check"]["state"] == "passing").await;
+    assert_eq!(edges["check"]["status"], 0);
+    let states: Vec<String> = handled(&flap_file)
+        .iter()
+        .map(|e| e["check"]["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, vec!["flapping", "passing"], "one start, one end");
+    lp.server.shutdown().await;
+}
