@@ -110,6 +110,10 @@ pub struct StartArgs {
     /// Refresh token lifetime in seconds (default 43200).
     #[arg(long, env = "KENSA_BACKEND_REFRESH_TOKEN_EXPIRY")]
     pub refresh_token_expiry: Option<u64>,
+    /// Also run an agent in this process (subscriptions `local`, `linux`), and add starter
+    /// checks when the namespace `default` has none: the one-command evaluation setup.
+    #[arg(long, env = "KENSA_BACKEND_LOCAL_AGENT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub local_agent: Option<bool>,
 }
 
 /// The config file: the same options, kebab-case.
@@ -133,6 +137,7 @@ struct FileConfig {
     api_request_limit: Option<usize>,
     access_token_expiry: Option<u64>,
     refresh_token_expiry: Option<u64>,
+    local_agent: Option<bool>,
 }
 
 fn read_file_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -180,6 +185,8 @@ pub struct BackendConfig {
     pub bootstrap_admin: Option<AdminCredentials>,
     /// Event processing sizing (shards, queues, batch size); defaults suit one node.
     pub eventd: crate::eventd::EventdSettings,
+    /// Run an agent in-process and seed starter checks (see `local_agent.rs`).
+    pub local_agent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +304,7 @@ impl StartArgs {
                 .or(file.api_request_limit)
                 .unwrap_or(512_000),
             eventd: crate::eventd::EventdSettings::default(),
+            local_agent: self.local_agent.or(file.local_agent).unwrap_or(false),
             access_token_expiry: Duration::from_secs(
                 self.access_token_expiry
                     .or(file.access_token_expiry)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod eventd;
 pub mod keepalived;
+pub mod local_agent;
 pub mod pipelined;
 pub mod scheduler;
 pub mod server;

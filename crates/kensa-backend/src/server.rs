@@ -170,6 +170,15 @@ pub async fn run(
         outcomes,
     };
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    if config.local_agent {
+        let agent_port = listeners.agent.local_addr()?.port();
+        tasks.push(crate::local_agent::start(
+            &config,
+            agent_port,
+            store.clone(),
+            shutdown.child_token(),
+        ));
+    }
     let mut servers = Vec::new();
     servers.push(serve_http(
         "api",

@@ -71,6 +71,7 @@ impl TestServer {
             log_level: "warn".into(),
             api_request_limit: 512_000,
             eventd: crate::eventd::EventdSettings::default(),
+            local_agent: false,
             access_token_expiry: Duration::from_secs(300),
             refresh_token_expiry: Duration::from_secs(12 * 3600),
             bootstrap_admin: Some(AdminCredentials {

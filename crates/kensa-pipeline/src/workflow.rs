@@ -140,8 +140,9 @@ fn expand_handlers(
             continue;
         }
         let Some(handler) = resolver.handler(&ctx.namespace, name) else {
-            // Keepalive events name `keepalive` by default, which usually does not exist.
-            if name == "keepalive" {
+            // Keepalive and registration events name `keepalive` / `registration` by default,
+            // which usually do not exist.
+            if name == "keepalive" || name == "registration" {
                 tracing::debug!(event = %ctx.key, handler = %name, "handler does not exist, skipped");
             } else {
                 tracing::warn!(event = %ctx.key, handler = %name, "handler does not exist, skipped");
