@@ -433,7 +433,10 @@ impl Shard {
             reject(origin, id, reason);
             return None;
         }
-        if let Some(id) = id {
+        // Only agents re-send (from their outbox, after a lost ack); an API client that posts
+        // an event it read back (same id) means a new result.
+        let from_agent = matches!(origin, Origin::Agent(_));
+        if let Some(id) = id.filter(|_| from_agent) {
             if self.cache.lock().expect("shard cache poisoned").recent_set.contains(&id) {
                 self.deps.telemetry.events_duplicate.inc();
                 complete_now(origin, Some(id), None);
@@ -492,7 +495,7 @@ impl Shard {
             cache
                 .previous
                 .insert(cache_key.clone(), state_of(&stored["check"]));
-            if let Some(id) = id {
+            if let Some(id) = id.filter(|_| from_agent) {
                 cache.remember(id);
             }
         }
