@@ -191,7 +191,7 @@ pub async fn run(
         servers.push(serve_http(
             "dashboard",
             listener,
-            crate::web::router(state.clone()),
+            crate::web::router_until(state.clone(), shutdown.clone()),
             tls.clone(),
             shutdown.clone(),
         )?);

@@ -193,14 +193,21 @@ mod tests {
         let assets = Assets::new();
         let (_, version) = &assets.files[0];
         let cases = [
-            (Some(format!("v={version}")), "public, max-age=31536000, immutable"),
+            (
+                Some(format!("v={version}")),
+                "public, max-age=31536000, immutable",
+            ),
             (Some("v=old".to_owned()), "no-cache"),
             (None, "no-cache"),
         ];
         for (query, cache) in cases {
             let response = assets.file("app.js", query.as_deref(), &HeaderMap::new());
             assert_eq!(response.status(), StatusCode::OK);
-            assert_eq!(response.headers()[header::CACHE_CONTROL], cache, "{query:?}");
+            assert_eq!(
+                response.headers()[header::CACHE_CONTROL],
+                cache,
+                "{query:?}"
+            );
         }
         let mut headers = HeaderMap::new();
         headers.insert(

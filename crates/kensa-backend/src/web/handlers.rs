@@ -20,7 +20,7 @@ use kensa_types::Kind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::index::{Bucket, EventQuery, EventSummary};
+use super::index::{Bucket, EventQuery, EventSummary, Problem};
 use super::Dashboard;
 use crate::api::{self, now_unix, ApiError, ApiResult, AppState};
 use crate::auth::rbac::Request as RbacRequest;
@@ -235,6 +235,8 @@ pub struct EventsParams {
     pub label: Option<String>,
     /// Free text, matched in entity, check and output.
     pub q: Option<String>,
+    /// `keepalive`, `missed_round` or `check`.
+    pub problem: Option<String>,
     pub offset: Option<usize>,
     pub limit: Option<usize>,
 }
@@ -274,6 +276,13 @@ pub fn event_query(params: &EventsParams) -> ApiResult<EventQuery> {
     query.check = given(&params.check);
     query.subscription = given(&params.subscription);
     query.text = given(&params.q).map(|q| q.to_lowercase());
+    if let Some(problem) = given(&params.problem) {
+        query.problem = Some(Problem::parse(&problem).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "problem: unknown kind {problem:?} (keepalive, missed_round, check)"
+            ))
+        })?);
+    }
     if let Some(label) = given(&params.label) {
         query.labels = Some(label_selector(&label)?);
     }
@@ -411,7 +420,14 @@ pub async fn entities(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let caller = admit(&dashboard, &headers, "list", Kind::Entity, &params.namespace).await?;
+        let caller = admit(
+            &dashboard,
+            &headers,
+            "list",
+            Kind::Entity,
+            &params.namespace,
+        )
+        .await?;
         let may_list_events = dashboard.app.caller_can(
             &caller,
             &RbacRequest {
@@ -537,6 +553,7 @@ mod tests {
             subscription: None,
             label: Some(label.into()),
             q: Some("  Disk Full ".into()),
+            problem: None,
             offset: None,
             limit: None,
         }

@@ -112,6 +112,15 @@ pub enum Problem {
 }
 
 impl Problem {
+    pub fn parse(word: &str) -> Option<Problem> {
+        Some(match word {
+            "keepalive" => Problem::Keepalive,
+            "missed_round" => Problem::MissedRound,
+            "check" => Problem::Check,
+            _ => return None,
+        })
+    }
+
     fn rank(self) -> u8 {
         match self {
             Problem::Keepalive => 0,
@@ -262,17 +271,18 @@ impl EventSummary {
     /// Whether `silence` mutes this event at `now`, with Sensu's rules: the entity's own
     /// `entity:<name>` subscription always counts; otherwise a subscription the entity has
     /// and (unless the check ran for a proxy entity) the check has too.
+    ///
+    /// Runs for every (event, silence) pair on every page, so it does not allocate.
     pub fn silenced_by(&self, silence: &Silenced, now: i64) -> bool {
-        if !silence.is_active(now) {
+        let any = |pattern: &str| pattern.is_empty() || pattern == "*";
+        if !silence.is_active(now) || !(any(&silence.check) || silence.check == self.check) {
             return false;
         }
-        if silence.matches(&self.check, &format!("entity:{}", self.entity)) {
-            return true;
-        }
-        self.entity_subscriptions
-            .iter()
-            .filter(|sub| self.proxy || self.check_subscriptions.contains(sub))
-            .any(|sub| silence.matches(&self.check, sub))
+        let subscription = silence.subscription.as_str();
+        any(subscription)
+            || subscription.strip_prefix("entity:") == Some(self.entity.as_str())
+            || (self.entity_subscriptions.iter().any(|s| s == subscription)
+                && (self.proxy || self.check_subscriptions.iter().any(|s| s == subscription)))
     }
 
     pub fn bucket(&self, silenced: bool) -> Bucket {
@@ -422,6 +432,8 @@ pub struct EventQuery {
     pub labels: Option<Selector>,
     /// Lowercased; matched as a substring of entity, check or output.
     pub text: Option<String>,
+    /// Only keepalives, only missed rounds, or only other checks.
+    pub problem: Option<Problem>,
 }
 
 impl EventQuery {
@@ -430,6 +442,7 @@ impl EventQuery {
             || self.buckets.contains(&bucket)
             || (self.flapping && event.is_flapping());
         state_ok
+            && self.problem.is_none_or(|p| p == event.problem)
             && self.entity.as_deref().is_none_or(|e| e == event.entity)
             && self.check.as_deref().is_none_or(|c| c == event.check)
             && self.subscription.as_deref().is_none_or(|s| {
@@ -660,7 +673,10 @@ const PAGE: usize = 1000;
 impl Index {
     /// Runs `read` on `namespace`'s index (an empty one if nothing is known about it).
     pub fn read<T>(&self, namespace: &str, read: impl FnOnce(&NamespaceIndex) -> T) -> T {
-        let namespaces = self.namespaces.read().expect("dashboard index lock poisoned");
+        let namespaces = self
+            .namespaces
+            .read()
+            .expect("dashboard index lock poisoned");
         match namespaces.get(namespace) {
             Some(index) => read(index),
             None => read(&NamespaceIndex::default()),
@@ -1083,8 +1099,7 @@ mod tests {
         for (offset, limit) in [(0, 1), (0, 3), (2, 4), (7, 5), (9, 5), (20, 5)] {
             let page = index.events(&EventQuery::default(), offset, limit, 1_000);
             assert_eq!(page.total, 9);
-            let expected: Vec<String> =
-                keys(&all).into_iter().skip(offset).take(limit).collect();
+            let expected: Vec<String> = keys(&all).into_iter().skip(offset).take(limit).collect();
             assert_eq!(keys(&page), expected, "offset {offset} limit {limit}");
         }
     }
@@ -1112,7 +1127,8 @@ mod tests {
             found.sort();
             found
         };
-        let cases: Vec<(fn(&mut EventQuery), Vec<&str>)> = vec![
+        type Case = (fn(&mut EventQuery), Vec<&'static str>);
+        let cases: Vec<Case> = vec![
             (|q| q.buckets = vec![Bucket::Critical], vec!["web1/disk"]),
             (
                 |q| q.buckets = vec![Bucket::Ok, Bucket::Warning],
@@ -1127,7 +1143,10 @@ mod tests {
                 vec!["db1/load", "web1/disk"],
             ),
             // The entity filter is exact: web1 is not web10.
-            (|q| q.entity = Some("web1".into()), vec!["web1/disk", "web1/mem"]),
+            (
+                |q| q.entity = Some("web1".into()),
+                vec!["web1/disk", "web1/mem"],
+            ),
             (|q| q.check = Some("http".into()), vec!["web10/http"]),
             (
                 |q| q.subscription = Some("http-probes".into()),
@@ -1143,8 +1162,16 @@ mod tests {
                 vec!["web10/http"],
             ),
             (|q| q.text = Some("status 2".into()), vec!["web1/disk"]),
-            (|q| q.text = Some("web1".into()), vec!["web1/disk", "web1/mem", "web10/http"]),
+            (
+                |q| q.text = Some("web1".into()),
+                vec!["web1/disk", "web1/mem", "web10/http"],
+            ),
             (|q| q.text = Some("nothing".into()), vec![]),
+            (
+                |q| q.problem = Some(Problem::Check),
+                vec!["db1/load", "web1/disk", "web1/mem", "web10/http"],
+            ),
+            (|q| q.problem = Some(Problem::Keepalive), vec![]),
         ];
         for (i, (f, expected)) in cases.into_iter().enumerate() {
             assert_eq!(query(f), expected, "case {i}");
@@ -1172,7 +1199,10 @@ mod tests {
             index.entities.insert(name.into(), Arc::new(entity));
         }
         let names = |page: Page<Arc<EntitySummary>>| -> (usize, Vec<String>) {
-            (page.total, page.items.iter().map(|e| e.name.clone()).collect())
+            (
+                page.total,
+                page.items.iter().map(|e| e.name.clone()).collect(),
+            )
         };
         assert_eq!(
             names(index.entities(None, None, None, 0, 2)),
@@ -1188,7 +1218,10 @@ mod tests {
         );
         assert_eq!(names(index.entities(None, Some("proxy"), None, 0, 10)).0, 1);
         // web1's critical cpu is silenced, so its worst is the warning.
-        assert_eq!(index.entity_health("web1", 1_000), (Some(Bucket::Warning), 2));
+        assert_eq!(
+            index.entity_health("web1", 1_000),
+            (Some(Bucket::Warning), 2)
+        );
         assert_eq!(index.entity_health("web10", 1_000), (Some(Bucket::Ok), 1));
         assert_eq!(index.entity_health("router", 1_000), (None, 0));
     }
@@ -1203,7 +1236,10 @@ mod tests {
         );
         let key = |kind: &str, name: &str| kensa_store::Key::new(kind, "default", name);
         store
-            .create(&key("events", "web1/disk"), &stored_event("web1", "disk", &[(2, 1)]))
+            .create(
+                &key("events", "web1/disk"),
+                &stored_event("web1", "disk", &[(2, 1)]),
+            )
             .await
             .unwrap();
         let index = Arc::new(Index::default());
@@ -1216,7 +1252,10 @@ mod tests {
         // Later writes and deletes arrive through the change feed.
         let mut applied = index.subscribe();
         let revision = store
-            .create(&key("events", "web2/disk"), &stored_event("web2", "disk", &[(2, 1)]))
+            .create(
+                &key("events", "web2/disk"),
+                &stored_event("web2", "disk", &[(2, 1)]),
+            )
             .await
             .unwrap();
         applied.wait_for(|r| *r >= revision).await.unwrap();
@@ -1234,11 +1273,17 @@ mod tests {
         shutdown.cancel();
         follower.await.unwrap();
         store
-            .create(&key("events", "web3/disk"), &stored_event("web3", "disk", &[(2, 1)]))
+            .create(
+                &key("events", "web3/disk"),
+                &stored_event("web3", "disk", &[(2, 1)]),
+            )
             .await
             .unwrap();
         store
-            .create(&key("events", "web4/disk"), &stored_event("web4", "disk", &[(2, 1)]))
+            .create(
+                &key("events", "web4/disk"),
+                &stored_event("web4", "disk", &[(2, 1)]),
+            )
             .await
             .unwrap();
         let latest = store.revision().await.unwrap();
@@ -1246,8 +1291,17 @@ mod tests {
         let shutdown = CancellationToken::new();
         // Pretend the follower had stopped before the two writes.
         index.applied.send_replace(latest - 2);
-        let follower = tokio::spawn(index.clone().follow_changes(store.clone(), shutdown.clone()));
-        index.applied.subscribe().wait_for(|r| *r >= latest).await.unwrap();
+        let follower = tokio::spawn(
+            index
+                .clone()
+                .follow_changes(store.clone(), shutdown.clone()),
+        );
+        index
+            .applied
+            .subscribe()
+            .wait_for(|r| *r >= latest)
+            .await
+            .unwrap();
         assert_eq!(critical(&index), 3);
         shutdown.cancel();
         follower.await.unwrap();

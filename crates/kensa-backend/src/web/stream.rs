@@ -42,8 +42,9 @@ pub async fn stream(
         return err.into_response();
     }
     let lifetime = match token_expiry(&dashboard.app, &headers) {
-        Some(exp) => Duration::from_secs(u64::try_from(exp - now_unix()).unwrap_or(0))
-            .min(MAX_LIFETIME),
+        Some(exp) => {
+            Duration::from_secs(u64::try_from(exp - now_unix()).unwrap_or(0)).min(MAX_LIFETIME)
+        }
         None => MAX_LIFETIME,
     };
     let changes = Changes {
