@@ -537,7 +537,7 @@ fn percent_encode(value: &str) -> String {
 }
 
 /// SplitMix64: a good-enough, dependency-free mixer for picking random names.
-fn splitmix64(seed: u64) -> u64 {
+pub(crate) fn splitmix64(seed: u64) -> u64 {
     let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -545,7 +545,7 @@ fn splitmix64(seed: u64) -> u64 {
 }
 
 /// CPU count and memory of the machine running the benchmark.
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

@@ -4,12 +4,20 @@
 //! that stdout stays machine-readable.
 //!
 //! It never starts or stops the backend: the bench scripts own process lifecycles, this binary
-//! only measures. Subcommands: `api` (seed entities and events through the REST API, then time
-//! paged listings and single-resource reads; see `api.rs`).
+//! only measures. Subcommands:
+//! - `api`: seed entities and events through the REST API, then time paged listings and
+//!   single-resource reads (`api.rs`);
+//! - `agents`: simulated agents on the agent protocol, measuring events acknowledged (stored)
+//!   and handled per second (`agents.rs`, with `frames.rs` and the handler `sink.rs`);
+//! - `agent-rss`: the RSS and CPU of one real agent, idle and running checks (`agent_rss.rs`).
 
+mod agent_rss;
+mod agents;
 mod api;
 mod client;
+mod frames;
 mod procfs;
+mod sink;
 mod stats;
 
 use std::path::PathBuf;
@@ -32,6 +40,10 @@ struct Cli {
 enum Command {
     /// Seed entities and events over the REST API, then time paged listings and single GETs.
     Api(api::ApiArgs),
+    /// Simulated agents sending check results over WebSocket; events acked and handled per s.
+    Agents(agents::AgentsArgs),
+    /// RSS and CPU of a running kensa-agent, idle and while it runs checks.
+    AgentRss(agent_rss::AgentRssArgs),
 }
 
 #[tokio::main]
@@ -41,6 +53,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(args) => {
             let out = args.out.clone();
             (api::run(args).await?, out)
+        }
+        Command::Agents(args) => {
+            let out = args.out.clone();
+            (agents::run(args).await?, out)
+        }
+        Command::AgentRss(args) => {
+            let out = args.out.clone();
+            (agent_rss::run(args).await?, out)
         }
     };
     write_report(&report, out.as_ref())

@@ -1,7 +1,8 @@
 //! What `/proc` says while a benchmark runs, attributed to the phase that was running
-//! (seeding, paging, single GETs…):
+//! (seeding, paging, single GETs…). The watched process is the backend for most benchmarks and
+//! the agent for `agent-rss`; reports name it (`backend_cpu_s`, `agent_cpu_s`).
 //!
-//! - the backend's resident memory (`VmRSS` of `/proc/<pid>/status`), sampled on a fixed
+//! - the watched process's resident memory (`VmRSS` of `/proc/<pid>/status`), sampled on a fixed
 //!   interval: start, peak and end per phase. A phase whose peak grows with the number of
 //!   stored resources is the symptom of something loading a whole table. `VmHWM` (the
 //!   kernel's own high-water mark) is read at the end so a spike between samples is not missed;
@@ -18,12 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::stats::round3;
+use crate::stats::{round1, round3};
 
 /// Clock ticks per second of `/proc` CPU times.
 const USER_HZ: f64 = 100.0;
 
-/// Watches one backend process until [`ProcessMonitor::finish`].
+/// Watches one process until [`ProcessMonitor::finish`].
 pub struct ProcessMonitor {
     pid: u32,
     /// Shared with the sampling task. Held only for a few field updates, never across `.await`.
@@ -34,6 +35,8 @@ pub struct ProcessMonitor {
 
 #[derive(Debug, Default)]
 struct MonitorState {
+    /// What the watched process is, as named in report keys (`backend`, `agent`).
+    name: &'static str,
     samples: u64,
     start_kib: u64,
     last_kib: u64,
@@ -50,14 +53,17 @@ struct Phase {
     rss_start_kib: u64,
     rss_peak_kib: u64,
     rss_end_kib: u64,
+    /// Sum and count of the samples taken during the phase, for its mean.
+    rss_sum_kib: u64,
+    rss_samples: u64,
     /// Filled when the phase ends.
     report: Option<Value>,
 }
 
-/// CPU ticks consumed so far by the backend, by this process and by the whole machine.
+/// CPU ticks consumed so far by the watched process, by this process and by the whole machine.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuSnapshot {
-    backend: u64,
+    watched: u64,
     loadgen: u64,
     machine_busy: u64,
     machine_total: u64,
@@ -71,6 +77,8 @@ impl MonitorState {
         if let Some(phase) = self.phases.last_mut() {
             phase.rss_peak_kib = phase.rss_peak_kib.max(kib);
             phase.rss_end_kib = kib;
+            phase.rss_sum_kib += kib;
+            phase.rss_samples += 1;
         }
     }
 
@@ -81,29 +89,57 @@ impl MonitorState {
         };
         let start = phase.cpu_at_start;
         let seconds = |ticks: u64| round3(ticks as f64 / USER_HZ);
-        let backend = cpu.backend.saturating_sub(start.backend);
+        let wall_s = now.duration_since(phase.started).as_secs_f64();
+        // Percent of one core, as `top` shows it (200 % is both cores of this machine).
+        let percent = |ticks: u64| {
+            if wall_s > 0.0 {
+                round1(ticks as f64 / USER_HZ / wall_s * 100.0)
+            } else {
+                0.0
+            }
+        };
+        let watched = cpu.watched.saturating_sub(start.watched);
         let loadgen = cpu.loadgen.saturating_sub(start.loadgen);
         let busy = cpu.machine_busy.saturating_sub(start.machine_busy);
         let total = cpu.machine_total.saturating_sub(start.machine_total);
         let idle = total.saturating_sub(busy);
-        phase.report = Some(json!({
-            "wall_s": round3(now.duration_since(phase.started).as_secs_f64()),
-            "rss_start_kib": phase.rss_start_kib,
-            "rss_peak_kib": phase.rss_peak_kib,
-            "rss_end_kib": phase.rss_end_kib,
-            "backend_cpu_s": seconds(backend),
-            "loadgen_cpu_s": seconds(loadgen),
-            "other_cpu_s": seconds(busy.saturating_sub(backend + loadgen)),
-            "idle_cpu_s": seconds(idle),
-        }));
+        let mut report = Map::new();
+        report.insert("wall_s".into(), json!(round3(wall_s)));
+        report.insert("rss_start_kib".into(), json!(phase.rss_start_kib));
+        report.insert("rss_peak_kib".into(), json!(phase.rss_peak_kib));
+        report.insert("rss_end_kib".into(), json!(phase.rss_end_kib));
+        report.insert(
+            "rss_mean_kib".into(),
+            json!(phase
+                .rss_sum_kib
+                .checked_div(phase.rss_samples)
+                .unwrap_or(phase.rss_end_kib)),
+        );
+        report.insert(format!("{}_cpu_s", self.name), json!(seconds(watched)));
+        report.insert(format!("{}_cpu_pct", self.name), json!(percent(watched)));
+        report.insert("loadgen_cpu_s".into(), json!(seconds(loadgen)));
+        report.insert("loadgen_cpu_pct".into(), json!(percent(loadgen)));
+        report.insert(
+            "other_cpu_s".into(),
+            json!(seconds(busy.saturating_sub(watched + loadgen))),
+        );
+        report.insert("idle_cpu_s".into(), json!(seconds(idle)));
+        phase.report = Some(Value::Object(report));
     }
 }
 
 impl ProcessMonitor {
-    /// Starts sampling `pid`'s RSS every `interval`; fails when its status cannot be read.
+    /// Starts sampling the backend `pid`'s RSS every `interval`; fails when its status cannot
+    /// be read.
     pub fn start(pid: u32, interval: Duration) -> anyhow::Result<Self> {
+        ProcessMonitor::start_named(pid, "backend", interval)
+    }
+
+    /// Like [`ProcessMonitor::start`] for a process reported as `name`.
+    pub fn start_named(pid: u32, name: &'static str, interval: Duration) -> anyhow::Result<Self> {
         let first = read_status_kib(pid, "VmRSS:")?;
         let state = Arc::new(Mutex::new(MonitorState {
+            name,
             start_kib: first,
             ..MonitorState::default()
         }));
@@ -143,6 +179,8 @@ impl ProcessMonitor {
             rss_start_kib: rss,
             rss_peak_kib: rss,
             rss_end_kib: rss,
+            rss_sum_kib: 0,
+            rss_samples: 0,
             report: None,
         });
     }
@@ -185,12 +223,37 @@ impl ProcessMonitor {
     fn cpu_snapshot(&self) -> CpuSnapshot {
         let (machine_busy, machine_total) = read_machine_ticks().unwrap_or_default();
         CpuSnapshot {
-            backend: read_process_ticks(&format!("/proc/{}/stat", self.pid)).unwrap_or(0),
+            watched: read_process_ticks(&format!("/proc/{}/stat", self.pid)).unwrap_or(0),
             loadgen: read_process_ticks("/proc/self/stat").unwrap_or(0),
             machine_busy,
             machine_total,
         }
     }
+}
+
+/// Some lines of `/proc/<pid>/status` as `{"VmRSS_kib": 1234, "Threads": 9}` (numbers in kB
+/// get a `_kib` suffix); fields that cannot be read are left out.
+pub fn status_fields(pid: u32, fields: &[&str]) -> Value {
+    let path = format!("/proc/{pid}/status");
+    let Ok(status) = std::fs::read_to_string(&path) else {
+        return Value::Null;
+    };
+    let mut out = Map::new();
+    for field in fields {
+        let Some(line) = status.lines().find(|l| l.starts_with(field)) else {
+            continue;
+        };
+        let name = field.trim_end_matches(':');
+        let key = if line.trim_end().ends_with("kB") {
+            format!("{name}_kib")
+        } else {
+            name.to_owned()
+        };
+        if let Ok(number) = parse_status_kib(&status, field) {
+            out.insert(key, json!(number));
+        }
+    }
+    Value::Object(out)
 }
 
 /// One `Vm*:` line of `/proc/<pid>/status`, in KiB.
@@ -265,6 +328,14 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS:").unwrap(), 98765);
         assert_eq!(parse_status_kib(status, "VmHWM:").unwrap(), 123456);
         assert!(parse_status_kib(status, "VmSwap:").is_err());
+    }
+
+    #[test]
+    fn reports_status_fields_with_units() {
+        let fields = status_fields(std::process::id(), &["VmRSS:", "Threads:", "NoSuchField:"]);
+        assert!(fields["VmRSS_kib"].as_u64().unwrap() > 0, "{fields}");
+        assert!(fields["Threads"].as_u64().unwrap() >= 1, "{fields}");
+        assert_eq!(fields.as_object().unwrap().len(), 2, "{fields}");
     }
 
     #[test]

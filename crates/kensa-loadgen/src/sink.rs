@@ -1,0 +1,227 @@
+//! The far end of a `tcp` handler: counts what the backend's pipelines deliver, so a benchmark
+//! measures events that went all the way through store → filter → handler, not only events
+//! the backend acknowledged.
+//!
+//! The backend's tcp handler opens one connection per event, writes the payload and shuts its
+//! side down; one delivery is therefore one connection read to its end. A delivery counts as
+//! handled when its payload looks like a JSON object (first and last non-blank bytes `{`, `}`)
+//! — parsing every payload would spend the CPU the backend is being measured with — and as
+//! invalid otherwise (empty, truncated, over [`MAX_PAYLOAD`]).
+//!
+//! Connections read at once are bounded by [`MAX_CONNECTIONS`]: when all are taken the accept
+//! loop waits, and further deliveries wait in the kernel's listen backlog (the backend's
+//! handler then sees a slow connect, never a refused one while the backlog has room).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+
+/// Connections being read at once.
+const MAX_CONNECTIONS: usize = 1024;
+/// Largest payload accepted; larger ones are counted invalid and dropped.
+const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// A connection that sends nothing for this long is counted invalid and closed.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct Counters {
+    handled: AtomicU64,
+    invalid: AtomicU64,
+    bytes: AtomicU64,
+    accept_errors: AtomicU64,
+    /// Woken after every counted delivery (for [`Sink::wait_for`]).
+    delivered: Notify,
+}
+
+/// Reads a sink's handled count from another task.
+#[derive(Clone)]
+pub struct CounterReader(Arc<Counters>);
+
+impl CounterReader {
+    pub fn handled(&self) -> u64 {
+        self.0.handled.load(Ordering::Relaxed)
+    }
+}
+
+/// A running sink; stops accepting when dropped.
+pub struct Sink {
+    address: SocketAddr,
+    counters: Arc<Counters>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// Binds `address` (port 0 for any) and starts accepting.
+    pub async fn bind(address: SocketAddr) -> anyhow::Result<Sink> {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the handler sink on {address}"))?;
+        let address = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let accept_loop = tokio::spawn(accept(listener, counters.clone()));
+        Ok(Sink {
+            address,
+            counters,
+            accept_loop,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Deliveries counted as handled so far.
+    pub fn handled(&self) -> u64 {
+        self.counters.handled.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the handled count for another task.
+    pub fn counter_reader(&self) -> CounterReader {
+        CounterReader(self.counters.clone())
+    }
+
+    /// Waits until at least `count` deliveries were handled; false if `timeout` passed first.
+    pub async fn wait_for(&self, count: u64, timeout: Duration) -> bool {
+        self.wait_until(|sink| sink.handled() >= count, timeout)
+            .await
+    }
+
+    /// Waits until `done(self)` holds, re-checking after each delivery; false if `timeout`
+    /// passed first.
+    async fn wait_until(&self, done: impl Fn(&Sink) -> bool, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before checking, so a delivery in between still wakes us.
+            let delivered = self.counters.delivered.notified();
+            tokio::pin!(delivered);
+            delivered.as_mut().enable();
+            if done(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, delivered).await.is_err() {
+                return done(self);
+            }
+        }
+    }
+
+    pub fn report(&self) -> Value {
+        let counters = &self.counters;
+        json!({
+            "address": self.address.to_string(),
+            "handled": counters.handled.load(Ordering::Relaxed),
+            "invalid": counters.invalid.load(Ordering::Relaxed),
+            "bytes": counters.bytes.load(Ordering::Relaxed),
+            "accept_errors": counters.accept_errors.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+async fn accept(listener: TcpListener, counters: Arc<Counters>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of file descriptors and the like: count it and let the condition pass
+                // instead of spinning on it.
+                counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut payload = Vec::with_capacity(2048);
+            let read = tokio::time::timeout(
+                READ_TIMEOUT,
+                (&mut stream)
+                    .take(MAX_PAYLOAD as u64 + 1)
+                    .read_to_end(&mut payload),
+            )
+            .await;
+            let valid = matches!(read, Ok(Ok(_)))
+                && payload.len() <= MAX_PAYLOAD
+                && looks_like_json_object(&payload);
+            if valid {
+                counters
+                    .bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                counters.handled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.invalid.fetch_add(1, Ordering::Relaxed);
+            }
+            counters.delivered.notify_waiters();
+        });
+    }
+}
+
+fn looks_like_json_object(payload: &[u8]) -> bool {
+    let text = payload.trim_ascii();
+    text.first() == Some(&b'{') && text.last() == Some(&b'}')
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    #[test]
+    fn payload_shapes() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"{\"check\":{}}", true),
+            (b"  {\"a\":1}\n", true),
+            (b"", false),
+            (b"{\"truncated\":", false),
+            (b"[1,2]", false),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(
+                looks_like_json_object(payload),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_one_delivery_per_connection() {
+        let sink = Sink::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        for payload in [&b"{\"n\":1}"[..], b"{\"n\":2}", b"not json"] {
+            let mut stream = TcpStream::connect(sink.address()).await.unwrap();
+            stream.write_all(payload).await.unwrap();
+            stream.shutdown().await.unwrap();
+        }
+        let all_read = |sink: &Sink| {
+            let counters = &sink.counters;
+            counters.handled.load(Ordering::Relaxed) + counters.invalid.load(Ordering::Relaxed) == 3
+        };
+        assert!(
+            sink.wait_until(all_read, Duration::from_secs(10)).await,
+            "{}",
+            sink.report()
+        );
+        let report = sink.report();
+        assert_eq!(report["handled"], 2, "{report}");
+        assert_eq!(report["bytes"], 14, "{report}");
+    }
+}
