@@ -7,10 +7,12 @@
 //!
 //! Each agent behaves like a real one from the backend's point of view: handshake headers and
 //! Basic credentials, waits for `entity_config`, a keepalive on connect and every
-//! `--keepalive-interval`, results of `--checks` distinct checks (so events spread over many
-//! (entity, check) keys) with fresh UUIDs, and — as the real agent's outbox does — a re-send
-//! with the same id of any event not acknowledged within `--resend-after` (the backend drops
-//! an event it has no room for without acknowledging it, and drops duplicates by id).
+//! `--keepalive-interval`, and results of `--checks` distinct checks (so events spread over
+//! many (entity, check) keys) with fresh UUIDs. An event not acknowledged within
+//! `--resend-after` is sent again with the same id (the backend drops an event it has no room
+//! for without acknowledging it, and recognizes duplicates by id); the real agent only re-sends
+//! after reconnecting, which `--resend-after 0` reproduces — the report's `unacked_at_end` then
+//! counts the events the backend never acknowledged.
 //! An agent never has more than `--window` unacknowledged events: that window, not the load
 //! generator, is what limits a run at `--rate 0`.
 //!
@@ -118,8 +120,10 @@ pub struct AgentsArgs {
         hide_default_value = true
     )]
     pub password: String,
-    /// Seconds without an acknowledgement before an event is sent again (same id).
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds without an acknowledgement before an event is sent again (same id); 0 never
+    /// re-sends within a session, as the real agent does (it re-sends unacknowledged events
+    /// after reconnecting).
+    #[arg(long, default_value_t = 60.0)]
     pub resend_after: f64,
     /// Handshakes in progress at once while connecting.
     #[arg(long, default_value_t = 64)]
@@ -208,7 +212,8 @@ struct Plan {
     window: usize,
     keepalive_interval: Duration,
     keepalive_warning_timeout: u64,
-    resend_after: Duration,
+    /// `None`: never re-send within the session.
+    resend_after: Option<Duration>,
     status_mix: StatusMix,
 }
 
@@ -325,7 +330,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
         window: args.window,
         keepalive_interval: Duration::from_secs(args.keepalive_interval),
         keepalive_warning_timeout: args.keepalive_warning_timeout,
-        resend_after: secs(args.resend_after),
+        resend_after: (args.resend_after > 0.0).then(|| secs(args.resend_after)),
         status_mix: args.status_mix.clone(),
     });
     let counters = Arc::new(Counters::default());
@@ -715,10 +720,11 @@ async fn drive(
                 write.send(Message::Binary(keepalive(&identity)?.into())).await.context("sending a keepalive")?;
                 report.keepalives += 1;
             }
-            _ = resend_tick.tick() => {
+            _ = resend_tick.tick(), if plan.resend_after.is_some() => {
+                let resend_after = plan.resend_after.unwrap_or(Duration::MAX);
                 let now = Instant::now();
                 let mut resent = 0;
-                for event in pending.values_mut().filter(|e| now - e.last_sent >= plan.resend_after) {
+                for event in pending.values_mut().filter(|e| now - e.last_sent >= resend_after) {
                     write.feed(Message::Binary(event.frame.clone())).await.context("re-sending")?;
                     event.last_sent = now;
                     resent += 1;

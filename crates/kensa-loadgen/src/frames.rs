@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn rendered_results_decode_with_their_own_id_and_time() {
-        let handlers = vec!["sink".to_owned()];
+        let handlers = ["sink".to_owned()];
         let cases = [
             ("check-00", 0, "OK", &handlers[..]),
             (
