@@ -192,7 +192,10 @@ impl Agentd {
         if !kensa_types::meta::NAME.is_match(&agent) {
             return Err((
                 StatusCode::BAD_REQUEST,
-                format!("{}: invalid agent name {agent:?}", kensa_proto::HEADER_AGENT_NAME),
+                format!(
+                    "{}: invalid agent name {agent:?}",
+                    kensa_proto::HEADER_AGENT_NAME
+                ),
             ));
         }
         let namespace = match header(kensa_proto::HEADER_NAMESPACE) {
@@ -208,7 +211,10 @@ impl Agentd {
             .get(&Key::new("users", "", &username))
             .filter(|user| !user["disabled"].as_bool().unwrap_or(false))
             .ok_or((StatusCode::UNAUTHORIZED, "bad credentials".to_owned()))?;
-        let stored_hash = user["password_hash"].as_str().unwrap_or_default().to_owned();
+        let stored_hash = user["password_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let digest: [u8; 32] =
             Sha256::digest(format!("{username}\0{password}\0{stored_hash}")).into();
         let known = self

@@ -161,7 +161,11 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn session(id: SessionId, agent: &str, capacity: usize) -> (SessionHandle, mpsc::Receiver<Frame>) {
+    fn session(
+        id: SessionId,
+        agent: &str,
+        capacity: usize,
+    ) -> (SessionHandle, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(capacity);
         (
             SessionHandle {
@@ -187,7 +191,13 @@ mod tests {
         dispatcher.register(b, subs(&["windows"]));
         let frame: Frame = Arc::new(b"check_request\n{}".to_vec());
         let delivery = dispatcher.publish("default", &subs(&["linux", "db"]), &frame);
-        assert_eq!(delivery, Delivery { delivered: 1, dropped: 0 });
+        assert_eq!(
+            delivery,
+            Delivery {
+                delivered: 1,
+                dropped: 0
+            }
+        );
         assert!(a_rx.try_recv().is_ok());
         assert!(a_rx.try_recv().is_err(), "exactly one copy");
         assert!(b_rx.try_recv().is_err());
@@ -207,7 +217,13 @@ mod tests {
         let frame: Frame = Arc::new(b"x\n{}".to_vec());
         dispatcher.publish("default", &subs(&["linux"]), &frame);
         let second = dispatcher.publish("default", &subs(&["linux"]), &frame);
-        assert_eq!(second, Delivery { delivered: 1, dropped: 1 });
+        assert_eq!(
+            second,
+            Delivery {
+                delivered: 1,
+                dropped: 1
+            }
+        );
         assert_eq!(fast_rx.try_recv().ok(), Some(frame.clone()));
         assert_eq!(fast_rx.try_recv().ok(), Some(frame));
     }
@@ -218,7 +234,9 @@ mod tests {
         let (a, _rx) = session(7, "a", 8);
         dispatcher.register(a.clone(), subs(&["linux"]));
         dispatcher.register(a, subs(&["db"]));
-        assert!(dispatcher.subscribers("default", &subs(&["linux"])).is_empty());
+        assert!(dispatcher
+            .subscribers("default", &subs(&["linux"]))
+            .is_empty());
         assert_eq!(dispatcher.subscribers("default", &subs(&["db"])).len(), 1);
         dispatcher.unregister(7);
         assert_eq!(dispatcher.session_count(), 0);

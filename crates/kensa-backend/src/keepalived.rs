@@ -172,7 +172,8 @@ impl Service {
                 let liveness = Liveness::from_record(&item.value);
                 let key = (item.key.namespace, item.key.name);
                 let due = if liveness.status == 0 {
-                    (liveness.last_seen + liveness.warning * 1000).max(now + liveness.warning * 1000)
+                    (liveness.last_seen + liveness.warning * 1000)
+                        .max(now + liveness.warning * 1000)
                 } else {
                     self.failing.set(&key.0, &key.1, true);
                     next_failure_deadline(&liveness, now)
@@ -281,9 +282,15 @@ impl Service {
         }
         let writes = vec![
             (entity_key, entity),
-            (Key::new(LIVENESS_KIND, &namespace, &name), liveness.record()),
+            (
+                Key::new(LIVENESS_KIND, &namespace, &name),
+                liveness.record(),
+            ),
         ];
-        self.submit(key, Submission::with_writes(event, Origin::Internal, writes));
+        self.submit(
+            key,
+            Submission::with_writes(event, Origin::Internal, writes),
+        );
     }
 
     /// Writes through eventd without ever waiting: when eventd is full the latest write per
@@ -365,7 +372,10 @@ impl Service {
             self.forget(&key);
             let _ = self
                 .store
-                .delete(&Key::new(LIVENESS_KIND, &namespace, &name), Precondition::None)
+                .delete(
+                    &Key::new(LIVENESS_KIND, &namespace, &name),
+                    Precondition::None,
+                )
                 .await;
             return;
         };
@@ -375,7 +385,8 @@ impl Service {
         }
         let elapsed_ms = now_millis - liveness.last_seen;
         let elapsed = elapsed_ms / 1000;
-        let (status, threshold) = if liveness.critical > 0 && elapsed_ms >= liveness.critical * 1000 {
+        let (status, threshold) = if liveness.critical > 0 && elapsed_ms >= liveness.critical * 1000
+        {
             (2, liveness.critical)
         } else {
             (1, liveness.warning)
@@ -466,7 +477,10 @@ impl Service {
                     err => Err(err),
                 })?;
             self.store
-                .delete(&Key::new(LIVENESS_KIND, namespace, name), Precondition::None)
+                .delete(
+                    &Key::new(LIVENESS_KIND, namespace, name),
+                    Precondition::None,
+                )
                 .await
                 .or_else(|err| match err {
                     kensa_store::StoreError::NotFound(_) => Ok(()),

@@ -1,10 +1,10 @@
 //! `kensa-backend` as a library: the services the binary assembles (see ARCHITECTURE.md), and
 //! [`testing::TestServer`] for end-to-end tests.
 
+pub mod agentd;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
-pub mod agentd;
 pub mod config;
 pub mod dispatch;
 pub mod eventd;

@@ -38,7 +38,11 @@ pub fn start(
 
 fn agent_config(config: &BackendConfig, agent_port: u16) -> AgentConfig {
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
-    let host = if config.tls.is_some() { "localhost" } else { "127.0.0.1" };
+    let host = if config.tls.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
     AgentConfig {
         name: kensa_agent::config::default_name(),
         backend_urls: vec![format!("{scheme}://{host}:{agent_port}")],
@@ -142,6 +146,9 @@ async fn seed_starter_checks(store: &dyn Store) -> anyhow::Result<()> {
         writes.push((Key::new("checks", "default", name), check));
     }
     store.put_all(&writes).await?;
-    tracing::info!(checks = writes.len(), "added starter checks for the local agent");
+    tracing::info!(
+        checks = writes.len(),
+        "added starter checks for the local agent"
+    );
     Ok(())
 }

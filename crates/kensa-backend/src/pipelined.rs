@@ -62,7 +62,10 @@ pub struct RecentOutcome {
 /// The last outcomes per event key `(namespace, "<entity>/<check>")`, bounded.
 #[derive(Default)]
 pub struct RecentOutcomes {
-    inner: Mutex<(HashMap<(String, String), Vec<RecentOutcome>>, VecDeque<(String, String)>)>,
+    inner: Mutex<(
+        HashMap<(String, String), Vec<RecentOutcome>>,
+        VecDeque<(String, String)>,
+    )>,
 }
 
 impl RecentOutcomes {

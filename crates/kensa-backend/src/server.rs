@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agentd::Agentd;
 use crate::api::{self, ApiSettings, AppState};
+use crate::bootstrap;
+use crate::config::{BackendConfig, StoreLocation, TlsFiles};
 use crate::dispatch::Dispatcher;
 use crate::eventd::{Eventd, FailingAgents};
 use crate::keepalived::Keepalived;
 use crate::pipelined::{self, RecentOutcomes};
 use crate::scheduler::Scheduler;
-use crate::bootstrap;
-use crate::config::{BackendConfig, StoreLocation, TlsFiles};
 use crate::telemetry::Telemetry;
 use crate::view::ConfigView;
 

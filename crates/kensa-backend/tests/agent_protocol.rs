@@ -61,9 +61,14 @@ async fn keepalive_registers_the_agent_and_results_are_acked_stored_and_deduplic
         other => panic!("expected an empty entity_config, got {other:?}"),
     }
     agent.keepalive(120, 180).await;
-    let (entity, _) = poll_until(&client, "namespaces/default/entities/web-1", Duration::from_secs(5), |_| true)
-        .await
-        .expect("the keepalive registers the entity");
+    let (entity, _) = poll_until(
+        &client,
+        "namespaces/default/entities/web-1",
+        Duration::from_secs(5),
+        |_| true,
+    )
+    .await
+    .expect("the keepalive registers the entity");
     assert_eq!(entity["entity_class"], "agent");
     assert!(entity["subscriptions"]
         .as_array()
@@ -83,7 +88,11 @@ async fn keepalive_registers_the_agent_and_results_are_acked_stored_and_deduplic
 
     let id = agent.result("disk", 2, "DISK CRITICAL").await;
     assert!(agent.acked(id).await, "the result is acknowledged");
-    let event = expect(client.get("namespaces/default/events/web-1/disk").await, 200).body;
+    let event = expect(
+        client.get("namespaces/default/events/web-1/disk").await,
+        200,
+    )
+    .body;
     assert_eq!(event["check"]["status"], 2);
     assert_eq!(event["check"]["occurrences"], 1);
 
@@ -92,7 +101,11 @@ async fn keepalive_registers_the_agent_and_results_are_acked_stored_and_deduplic
     assert!(agent.acked(id).await);
     let second = agent.result("disk", 2, "DISK CRITICAL").await;
     assert!(agent.acked(second).await);
-    let event = expect(client.get("namespaces/default/events/web-1/disk").await, 200).body;
+    let event = expect(
+        client.get("namespaces/default/events/web-1/disk").await,
+        200,
+    )
+    .body;
     assert_eq!(event["check"]["occurrences"], 2, "{event}");
     assert_eq!(event["check"]["history"].as_array().unwrap().len(), 2);
 
@@ -103,7 +116,11 @@ async fn keepalive_registers_the_agent_and_results_are_acked_stored_and_deduplic
         Some(BackendMessage::Ack(ack)) => {
             assert_eq!(ack.rejected.len(), 1);
             assert_eq!(ack.rejected[0].id, bad);
-            assert!(ack.rejected[0].reason.contains("name"), "{:?}", ack.rejected);
+            assert!(
+                ack.rejected[0].reason.contains("name"),
+                "{:?}",
+                ack.rejected
+            );
         }
         other => panic!("expected a rejection, got {other:?}"),
     }

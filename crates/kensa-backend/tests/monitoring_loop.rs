@@ -58,7 +58,8 @@ impl RunningAgent {
 impl Loop {
     async fn start() -> Loop {
         let server = TestServer::start().await.unwrap();
-        let client = Client::login(&server.url, &server.admin_username, &server.admin_password).await;
+        let client =
+            Client::login(&server.url, &server.admin_username, &server.admin_password).await;
         Loop {
             server,
             client,
@@ -105,7 +106,8 @@ impl Loop {
     }
 
     async fn agent(&self, name: &str, subscriptions: &[&str]) -> RunningAgent {
-        self.agent_with(self.agent_config(name, subscriptions)).await
+        self.agent_with(self.agent_config(name, subscriptions))
+            .await
     }
 
     async fn agent_with(&self, config: AgentConfig) -> RunningAgent {
@@ -148,7 +150,13 @@ impl Loop {
         );
     }
 
-    async fn event(&self, entity: &str, check: &str, wait: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+    async fn event(
+        &self,
+        entity: &str,
+        check: &str,
+        wait: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
         poll_until(
             &self.client,
             &format!("namespaces/default/events/{entity}/{check}"),
@@ -183,13 +191,18 @@ async fn wait_handled(file: &Path, wait: Duration, accept: impl Fn(&Value) -> bo
         "no matching event reached the handler; it got: {:?}",
         handled(file)
             .iter()
-            .map(|e| (e["check"]["metadata"]["name"].clone(), e["check"]["status"].clone()))
+            .map(|e| (
+                e["check"]["metadata"]["name"].clone(),
+                e["check"]["status"].clone()
+            ))
             .collect::<Vec<_>>()
     );
 }
 
 fn check_name(event: &Value) -> &str {
-    event["check"]["metadata"]["name"].as_str().unwrap_or_default()
+    event["check"]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -268,7 +281,10 @@ async fn failures_reach_the_handler_resolutions_too_and_silenced_ones_do_not() {
         .map(|h| h["status"].as_u64().unwrap())
         .collect();
     assert_eq!(history.last(), Some(&0));
-    assert!(history.contains(&2), "the resolution carries the failures: {history:?}");
+    assert!(
+        history.contains(&2),
+        "the resolution carries the failures: {history:?}"
+    );
     // OK results after the resolution are not incidents: they are filtered.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let disk_ok = handled(&file)
@@ -373,7 +389,11 @@ async fn a_proxy_check_runs_once_per_matching_proxy_entity() {
         return;
     }
     let lp = Loop::start().await;
-    for (name, kind) in [("router-1", "router"), ("router-2", "router"), ("switch-1", "switch")] {
+    for (name, kind) in [
+        ("router-1", "router"),
+        ("router-2", "router"),
+        ("switch-1", "switch"),
+    ] {
         expect(
             lp.client
                 .post(
@@ -401,13 +421,26 @@ async fn a_proxy_check_runs_once_per_matching_proxy_entity() {
         let event = lp
             .event(router, "reach", Duration::from_secs(10), |_| true)
             .await;
-        assert_eq!(event["check"]["output"], format!("OK: {router} reachable\n"));
+        assert_eq!(
+            event["check"]["output"],
+            format!("OK: {router} reachable\n")
+        );
         assert_eq!(event["entity"]["entity_class"], "proxy");
         assert_eq!(event["check"]["processed_by"], "poller-1");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    expect(lp.client.get("namespaces/default/events/switch-1/reach").await, 404);
-    expect(lp.client.get("namespaces/default/events/poller-1/reach").await, 404);
+    expect(
+        lp.client
+            .get("namespaces/default/events/switch-1/reach")
+            .await,
+        404,
+    );
+    expect(
+        lp.client
+            .get("namespaces/default/events/poller-1/reach")
+            .await,
+        404,
+    );
     agent.kill().await;
     lp.server.shutdown().await;
 }
@@ -529,7 +562,11 @@ async fn a_flapping_sequence_sets_state_and_total_state_change() {
                     .await,
                 201,
             );
-            expect(client.get("namespaces/default/events/flappy/svc").await, 200).body
+            expect(
+                client.get("namespaces/default/events/flappy/svc").await,
+                200,
+            )
+            .body
         }
     };
     let mut statuses = Vec::new();
@@ -556,9 +593,15 @@ async fn a_flapping_sequence_sets_state_and_total_state_change() {
         }
     }
     let ended_at_tsc = ended_at_tsc.expect("flapping ended");
-    assert!(ended_at_tsc <= 20, "hysteresis: ends at or below the low threshold, got {ended_at_tsc}");
+    assert!(
+        ended_at_tsc <= 20,
+        "hysteresis: ends at or below the low threshold, got {ended_at_tsc}"
+    );
     // The handler saw exactly the flap start and the flap end.
-    let edges = wait_handled(&flap_file, Duration::from_secs(10), |e| e["check"]["state"] == "passing").await;
+    let edges = wait_handled(&flap_file, Duration::from_secs(10), |e| {
+        e["check"]["state"] == "passing"
+    })
+    .await;
     assert_eq!(edges["check"]["status"], 0);
     let states: Vec<String> = handled(&flap_file)
         .iter()

@@ -228,7 +228,10 @@ mod tests {
         ];
         for (frame, expected) in cases {
             let err = AgentMessage::decode(frame).unwrap_err().to_string();
-            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
         }
         let huge = vec![b'x'; MAX_FRAME_BYTES + 1];
         assert!(matches!(

@@ -97,7 +97,11 @@ impl Submission {
         Submission::with_writes(event, origin, Vec::new())
     }
 
-    pub fn with_writes(event: Value, origin: Origin, extra_writes: Vec<(Key, Value)>) -> Submission {
+    pub fn with_writes(
+        event: Value,
+        origin: Origin,
+        extra_writes: Vec<(Key, Value)>,
+    ) -> Submission {
         let shard_key = shard_key_of(&event);
         Submission {
             shard_key,
@@ -267,8 +271,7 @@ impl Eventd {
     /// Makes every shard forget the events of `namespace` whose name starts with
     /// `name_prefix` (call after deleting them from the store) and disarms an exact key's TTL.
     pub async fn forget(&self, namespace: &str, name_prefix: &str) {
-        self.ttl
-            .disarm(&Key::new("events", namespace, name_prefix));
+        self.ttl.disarm(&Key::new("events", namespace, name_prefix));
         for shard in self.shards.iter() {
             let (done, wait) = oneshot::channel();
             let work = Work::Forget {
@@ -276,11 +279,7 @@ impl Eventd {
                 name_prefix: name_prefix.to_owned(),
                 done,
             };
-            if shard
-                .send(Submission { shard_key: 0, work })
-                .await
-                .is_ok()
-            {
+            if shard.send(Submission { shard_key: 0, work }).await.is_ok() {
                 let _ = wait.await;
             }
         }
@@ -437,7 +436,13 @@ impl Shard {
         // an event it read back (same id) means a new result.
         let from_agent = matches!(origin, Origin::Agent(_));
         if let Some(id) = id.filter(|_| from_agent) {
-            if self.cache.lock().expect("shard cache poisoned").recent_set.contains(&id) {
+            if self
+                .cache
+                .lock()
+                .expect("shard cache poisoned")
+                .recent_set
+                .contains(&id)
+            {
                 self.deps.telemetry.events_duplicate.inc();
                 complete_now(origin, Some(id), None);
                 return None;
@@ -486,7 +491,10 @@ impl Shard {
         let ttl = if event["check"]["metadata"]["name"] == "keepalive" {
             None
         } else {
-            Some((key.clone(), event["check"]["ttl"].as_i64().unwrap_or(0).max(0)))
+            Some((
+                key.clone(),
+                event["check"]["ttl"].as_i64().unwrap_or(0).max(0),
+            ))
         };
         let processed = decode_processed(&event);
         let stored = stored_copy(&event);
@@ -600,15 +608,16 @@ impl Shard {
         if stored["check"]["ttl"].as_i64().unwrap_or(0) <= 0 {
             return None;
         }
-        let entity = stored["entity"]["metadata"]["name"].as_str().unwrap_or_default();
+        let entity = stored["entity"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default();
         if stored["entity"]["entity_class"] == "agent"
             && self.deps.failing.contains(&key.namespace, entity)
         {
             // The agent is down: its keepalive alert covers it. Check again later.
-            self.deps.ttl.arm(
-                key,
-                stored["check"]["ttl"].as_i64().unwrap_or(0),
-            );
+            self.deps
+                .ttl
+                .arm(key, stored["check"]["ttl"].as_i64().unwrap_or(0));
             return None;
         }
         let now = crate::api::now_unix();

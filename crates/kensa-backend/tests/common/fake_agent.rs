@@ -19,7 +19,13 @@ pub struct FakeAgent {
 }
 
 /// The HTTP status of a refused handshake.
-pub async fn handshake_status(url: &str, name: &str, namespace: &str, user: &str, password: &str) -> u16 {
+pub async fn handshake_status(
+    url: &str,
+    name: &str,
+    namespace: &str,
+    user: &str,
+    password: &str,
+) -> u16 {
     match FakeAgent::connect_as(url, name, namespace, &["linux"], user, password).await {
         Ok(_) => 101,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
