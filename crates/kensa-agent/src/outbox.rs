@@ -43,6 +43,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kensa_proto::{MAX_FRAME_BYTES, TYPE_EVENT};
 use kensa_types::resources::event::Event;
@@ -98,7 +99,8 @@ pub struct Outgoing {
 struct Entry {
     id: Uuid,
     size: u64,
-    in_flight: bool,
+    /// When it was last handed to the sender; `None` while it waits to be sent.
+    sent_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -187,7 +189,7 @@ impl Outbox {
                 Entry {
                     id,
                     size,
-                    in_flight: false,
+                    sent_at: None,
                 },
             );
         }
@@ -227,13 +229,14 @@ impl Outbox {
         if room == 0 {
             return Vec::new();
         }
+        let now = Instant::now();
         let mut taken = Vec::new();
         for (seq, entry) in state.entries.iter_mut() {
             if taken.len() == room {
                 break;
             }
-            if !entry.in_flight {
-                entry.in_flight = true;
+            if entry.sent_at.is_none() {
+                entry.sent_at = Some(now);
                 taken.push(Outgoing {
                     seq: *seq,
                     id: entry.id,
@@ -287,7 +290,7 @@ impl Outbox {
                 };
                 state.by_id.remove(id);
                 state.bytes -= entry.size;
-                if entry.in_flight {
+                if entry.sent_at.is_some() {
                     state.in_flight -= 1;
                 }
                 paths.push(self.inner.dir.join(file_name(seq, entry.id)));
@@ -319,11 +322,36 @@ impl Outbox {
     pub fn release_in_flight(&self) {
         let mut state = self.inner.lock();
         for entry in state.entries.values_mut() {
-            entry.in_flight = false;
+            entry.sent_at = None;
         }
         state.in_flight = 0;
         drop(state);
         self.inner.work.notify_one();
+    }
+
+    /// Makes events sent more than `ack_timeout` ago and still unacknowledged sendable again,
+    /// within the same session: a backend that could not take an event (its queue was full)
+    /// does not acknowledge it, and it must not hold a window slot until the next reconnect.
+    /// Re-sending is safe: the backend drops duplicates by event id. Returns how many.
+    pub fn release_overdue(&self, ack_timeout: Duration) -> usize {
+        let mut state = self.inner.lock();
+        let now = Instant::now();
+        let mut released = 0;
+        for entry in state.entries.values_mut() {
+            if entry
+                .sent_at
+                .is_some_and(|sent| now.duration_since(sent) >= ack_timeout)
+            {
+                entry.sent_at = None;
+                released += 1;
+            }
+        }
+        state.in_flight -= released;
+        drop(state);
+        if released > 0 {
+            self.inner.work.notify_one();
+        }
+        released
     }
 
     /// Resolves when something may have become sendable. Meant for one sender at a time; a
@@ -394,7 +422,7 @@ impl Inner {
                     Entry {
                         id,
                         size,
-                        in_flight: false,
+                        sent_at: None,
                     },
                 );
                 drop(state);
@@ -586,6 +614,33 @@ mod tests {
         assert!(outbox.take_sendable().is_empty());
         outbox.remove(&[first[0].id]).await;
         assert_eq!(outbox.take_sendable().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_whose_ack_is_overdue_are_sent_again_in_the_same_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits {
+            in_flight: 2,
+            ..OutboxLimits::default()
+        };
+        let outbox = Outbox::open(dir.path(), limits).await.unwrap();
+        for output in ["a", "b"] {
+            outbox.push(event(output)).await.unwrap();
+        }
+        let sent = outbox.take_sendable();
+        assert_eq!(sent.len(), 2);
+        // Not overdue yet: nothing to re-send, the window stays full.
+        assert_eq!(outbox.release_overdue(Duration::from_secs(3600)), 0);
+        assert!(outbox.take_sendable().is_empty());
+        // Never acknowledged (the backend had no room): both go out again, oldest first.
+        assert_eq!(outbox.release_overdue(Duration::ZERO), 2);
+        let again = outbox.take_sendable();
+        assert_eq!(
+            again.iter().map(|o| o.id).collect::<Vec<_>>(),
+            sent.iter().map(|o| o.id).collect::<Vec<_>>()
+        );
+        outbox.remove(&[again[0].id, again[1].id]).await;
+        assert!(outbox.is_empty());
     }
 
     #[tokio::test]

@@ -614,12 +614,24 @@ async fn write_loop(
     }
 }
 
-/// Moves events from the outbox to the event lane, within the outbox's window.
+/// How long an event sent in this session may wait for its ack before it is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Moves events from the outbox to the event lane, within the outbox's window; events whose
+/// ack is overdue go out again (see [`Outbox::release_overdue`]).
 async fn pump(outbox: Arc<Outbox>, events: mpsc::Sender<Vec<u8>>) {
     loop {
         let batch = outbox.take_sendable();
         if batch.is_empty() {
-            outbox.wait_for_work().await;
+            tokio::select! {
+                _ = outbox.wait_for_work() => {}
+                _ = tokio::time::sleep(ACK_TIMEOUT / 3) => {
+                    let released = outbox.release_overdue(ACK_TIMEOUT);
+                    if released > 0 {
+                        tracing::debug!(released, "re-sending events whose ack is overdue");
+                    }
+                }
+            }
             continue;
         }
         for outgoing in batch {
