@@ -126,13 +126,6 @@ struct Service {
     pending: HashMap<AgentKey, Submission>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Service {
     async fn run(mut self, mut lane: mpsc::Receiver<Value>, shutdown: CancellationToken) {
         if let Err(err) = self.rebuild().await {
@@ -142,7 +135,7 @@ impl Service {
         loop {
             let next = self.deadlines.first().map(|(at, _)| *at);
             let wait = match next {
-                Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
+                Some(at) => Duration::from_millis((at - crate::api::now_millis()).max(0) as u64),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -159,7 +152,7 @@ impl Service {
 
     /// Re-arms every agent from the liveness records (see the module comment).
     async fn rebuild(&mut self) -> kensa_store::Result<()> {
-        let now = now_ms();
+        let now = crate::api::now_millis();
         let mut query = ListQuery {
             kind: LIVENESS_KIND.into(),
             namespace: None,
@@ -208,7 +201,7 @@ impl Service {
 
     async fn keepalive(&mut self, keepalive: Value) {
         self.telemetry.keepalives.inc();
-        let now_millis = now_ms();
+        let now_millis = crate::api::now_millis();
         let now = now_millis / 1000;
         let namespace = str_of(&keepalive["metadata"]["namespace"]).to_owned();
         let name = str_of(&keepalive["entity"]["metadata"]["name"]).to_owned();
@@ -348,7 +341,7 @@ impl Service {
     }
 
     async fn fire_due(&mut self) {
-        let now = now_ms();
+        let now = crate::api::now_millis();
         while let Some((at, key)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
@@ -547,26 +540,11 @@ fn str_of(value: &Value) -> &str {
     value.as_str().unwrap_or_default()
 }
 
-/// `2006-01-02T15:04:05Z` for a Unix time (UTC), without a date library.
+/// `2006-01-02T15:04:05Z` for a Unix time (UTC).
 fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let seconds = unix.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds % 3600 / 60,
-        seconds % 60
-    )
+    jiff::Timestamp::from_second(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -185,9 +185,14 @@ pub fn check_if_none_match(headers: &HeaderMap, current: Option<i64>) -> ApiResu
 }
 
 pub fn now_unix() -> i64 {
+    now_millis() / 1000
+}
+
+/// Unix milliseconds (deadlines that must be exact to better than a second).
+pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

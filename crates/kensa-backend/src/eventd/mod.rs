@@ -444,7 +444,7 @@ impl Shard {
                 .contains(&id)
             {
                 self.deps.telemetry.events_duplicate.inc();
-                complete_now(origin, Some(id), None);
+                complete_now(origin, Some(id));
                 return None;
             }
         }
@@ -458,7 +458,7 @@ impl Shard {
         if event["check"].is_null() {
             // Metrics only: nothing to store, straight to the pipelines.
             let processed = decode_processed(&event);
-            complete_now(origin, id, processed.clone());
+            complete_now(origin, id);
             if let Some(processed) = processed {
                 let _ = self.deps.pipeline.send(processed).await;
             }
@@ -812,7 +812,7 @@ fn complete_error(origin: Origin, error: EventError) {
     // Agents get no acknowledgement and re-send later.
 }
 
-fn complete_now(origin: Origin, id: Option<Uuid>, _processed: Option<Processed>) {
+fn complete_now(origin: Origin, id: Option<Uuid>) {
     match origin {
         Origin::Agent(target) => {
             if let Some(id) = id {

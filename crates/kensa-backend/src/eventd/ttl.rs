@@ -32,17 +32,10 @@ pub struct Ttl {
     changed: Arc<Notify>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Ttl {
     /// (Re)arms `key` to expire `ttl_seconds` from now.
     pub fn arm(&self, key: Key, ttl_seconds: i64) {
-        let due = now_ms() + ttl_seconds * 1000;
+        let due = crate::api::now_millis() + ttl_seconds * 1000;
         let mut deadlines = self.deadlines.lock().expect("ttl lock poisoned");
         if let Some(previous) = deadlines.by_key.insert(key.clone(), due) {
             deadlines.queue.remove(&(previous, key.clone()));
@@ -85,7 +78,7 @@ pub(super) async fn run(eventd: Eventd, store: Arc<dyn Store>, shutdown: Cancell
         tracing::error!(%err, "could not rebuild check TTL deadlines from the store");
     }
     loop {
-        let (due, next) = ttl.take_due(now_ms());
+        let (due, next) = ttl.take_due(crate::api::now_millis());
         for key in due {
             if eventd.submit(Submission::ttl_expired(key)).await.is_err() {
                 return;

@@ -40,10 +40,11 @@ pub(super) async fn run(
     }
 }
 
-async fn commit(deps: &Deps, caches: &[Arc<Mutex<ShardCache>>], batch: Vec<WriteItem>) {
+async fn commit(deps: &Deps, caches: &[Arc<Mutex<ShardCache>>], mut batch: Vec<WriteItem>) {
+    // Moved, not copied: nothing needs the written values after the commit.
     let all: Vec<(Key, Value)> = batch
-        .iter()
-        .flat_map(|item| item.writes.iter().cloned())
+        .iter_mut()
+        .flat_map(|item| std::mem::take(&mut item.writes))
         .collect();
     let started = Instant::now();
     let result = deps.store.put_all(&all).await;
