@@ -4,9 +4,12 @@
 //! `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly` and
 //! `@every <go duration>`; and an optional `CRON_TZ=Zone ` or `TZ=Zone ` prefix.
 //!
-//! This module only says whether a string is valid and why not; computing fire times is the
-//! scheduler's business. Time-zone names are checked for shape only (Kensa carries no tz
+//! This module parses a string into its parts ([`CronSpec`]: the fields as bit sets, or an
+//! `@every` period, and the zone name) and says why a string is invalid; computing fire times in
+//! a real time zone is the scheduler's business. Time-zone names are checked for shape only (Kensa carries no tz
 //! database here), so `TZ=Mars/Olympus * * * * *` passes.
+
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -78,47 +81,108 @@ const FIELDS: [Bounds; 5] = [
     },
 ];
 
-const DESCRIPTORS: [&str; 7] = [
-    "@yearly",
-    "@annually",
-    "@monthly",
-    "@weekly",
-    "@daily",
-    "@midnight",
-    "@hourly",
+/// The descriptors and the five fields each stands for.
+const DESCRIPTORS: [(&str, &str); 7] = [
+    ("@yearly", "0 0 1 1 *"),
+    ("@annually", "0 0 1 1 *"),
+    ("@monthly", "0 0 1 * *"),
+    ("@weekly", "0 0 * * 0"),
+    ("@daily", "0 0 * * *"),
+    ("@midnight", "0 0 * * *"),
+    ("@hourly", "0 * * * *"),
 ];
+
+/// A parsed cron string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSpec {
+    /// The `TZ=`/`CRON_TZ=` zone name, checked for shape only.
+    pub zone: Option<String>,
+    pub schedule: CronSchedule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CronSchedule {
+    /// `@every <duration>`, as Go parses it.
+    Every(Duration),
+    /// Five fields (descriptors expanded).
+    Fields(CronFields),
+}
+
+/// The five fields as bit sets: bit `n` set means value `n` matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CronFields {
+    pub minutes: u64,
+    pub hours: u64,
+    pub days_of_month: u64,
+    pub months: u64,
+    pub days_of_week: u64,
+    /// The day-of-month field started with `*`/`?` without a step above one (robfig's star
+    /// bit): day matching is then an AND of the two day fields instead of an OR.
+    pub day_of_month_star: bool,
+    pub day_of_week_star: bool,
+}
 
 /// Checks `spec` the way Sensu's CheckConfig validation does.
 pub fn validate(spec: &str) -> Result<(), CronError> {
+    parse(spec).map(|_| ())
+}
+
+/// Parses `spec` (robfig/cron's `ParseStandard` grammar), with robfig's error messages.
+pub fn parse(spec: &str) -> Result<CronSpec, CronError> {
     if spec.is_empty() {
         return fail("empty spec string");
     }
-    let spec = strip_time_zone(spec)?;
-    if let Some(descriptor) = spec.strip_prefix('@') {
-        return validate_descriptor(descriptor, spec);
-    }
-    let fields: Vec<&str> = spec.split_whitespace().collect();
+    let (zone, spec) = strip_time_zone(spec)?;
+    let zone = zone.map(str::to_owned);
+    let fields = match spec.strip_prefix('@') {
+        Some(descriptor) => match DESCRIPTORS.iter().find(|(name, _)| *name == spec) {
+            Some((_, fields)) => *fields,
+            None => {
+                let period = parse_descriptor_period(descriptor, spec)?;
+                return Ok(CronSpec {
+                    zone,
+                    schedule: CronSchedule::Every(period),
+                });
+            }
+        },
+        None => spec,
+    };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
     if fields.len() != FIELDS.len() {
         return fail(format!(
             "expected exactly 5 fields, found {}: {spec}",
             fields.len()
         ));
     }
-    for (field, bounds) in fields.iter().zip(&FIELDS) {
+    let mut parsed = [(0u64, false); 5];
+    for ((field, bounds), slot) in fields.iter().zip(&FIELDS).zip(parsed.iter_mut()) {
         for expr in field.split(',') {
-            validate_range(expr, bounds)?;
+            let (bits, star) = parse_range(expr, bounds)?;
+            slot.0 |= bits;
+            slot.1 |= star;
         }
     }
-    Ok(())
+    Ok(CronSpec {
+        zone,
+        schedule: CronSchedule::Fields(CronFields {
+            minutes: parsed[0].0,
+            hours: parsed[1].0,
+            days_of_month: parsed[2].0,
+            months: parsed[3].0,
+            days_of_week: parsed[4].0,
+            day_of_month_star: parsed[2].1,
+            day_of_week_star: parsed[4].1,
+        }),
+    })
 }
 
-/// Removes a leading `TZ=Zone ` / `CRON_TZ=Zone ` and checks the zone's shape.
-fn strip_time_zone(spec: &str) -> Result<&str, CronError> {
+/// Splits off a leading `TZ=Zone ` / `CRON_TZ=Zone `, checking the zone's shape.
+fn strip_time_zone(spec: &str) -> Result<(Option<&str>, &str), CronError> {
     let Some(rest) = spec
         .strip_prefix("CRON_TZ=")
         .or_else(|| spec.strip_prefix("TZ="))
     else {
-        return Ok(spec);
+        return Ok((None, spec));
     };
     let Some((zone, schedule)) = rest.split_once(' ') else {
         return fail(format!("missing schedule after time zone: {spec}"));
@@ -129,15 +193,13 @@ fn strip_time_zone(spec: &str) -> Result<&str, CronError> {
             "provided bad location {zone}: unknown time zone {zone}"
         ));
     }
-    Ok(schedule.trim())
+    Ok((Some(zone), schedule.trim()))
 }
 
-fn validate_descriptor(descriptor: &str, spec: &str) -> Result<(), CronError> {
-    if DESCRIPTORS.contains(&spec) {
-        return Ok(());
-    }
+/// The period of `@every <duration>`.
+fn parse_descriptor_period(descriptor: &str, spec: &str) -> Result<Duration, CronError> {
     match descriptor.strip_prefix("every ") {
-        Some(duration) => validate_go_duration(duration).map_err(|_| {
+        Some(duration) => parse_go_duration(duration).ok_or_else(|| {
             CronError(format!(
                 "failed to parse duration {spec}: time: invalid duration {duration:?}"
             ))
@@ -146,8 +208,9 @@ fn validate_descriptor(descriptor: &str, spec: &str) -> Result<(), CronError> {
     }
 }
 
-/// One comma-separated part of a field: `*`, `?`, `n`, `a-b`, with an optional `/step`.
-fn validate_range(expr: &str, bounds: &Bounds) -> Result<(), CronError> {
+/// One comma-separated part of a field — `*`, `?`, `n`, `a-b`, with an optional `/step` — as a
+/// bit set, and whether it is a star without a step above one.
+fn parse_range(expr: &str, bounds: &Bounds) -> Result<(u64, bool), CronError> {
     let mut range_and_step = expr.split('/');
     let range = range_and_step.next().unwrap_or_default();
     let step = range_and_step.next();
@@ -155,7 +218,8 @@ fn validate_range(expr: &str, bounds: &Bounds) -> Result<(), CronError> {
         return fail(format!("too many slashes: {expr}"));
     }
     let low_and_high: Vec<&str> = range.split('-').collect();
-    let (start, mut end) = if low_and_high[0] == "*" || low_and_high[0] == "?" {
+    let mut star = low_and_high[0] == "*" || low_and_high[0] == "?";
+    let (start, mut end) = if star {
         (bounds.min, bounds.max)
     } else {
         let start = parse_int_or_name(low_and_high[0], bounds, expr)?;
@@ -165,16 +229,21 @@ fn validate_range(expr: &str, bounds: &Bounds) -> Result<(), CronError> {
             _ => return fail(format!("too many hyphens: {expr}")),
         }
     };
-    if let Some(step) = step {
-        let step = parse_int(step, expr)?;
-        if low_and_high.len() == 1 {
-            // `5/15` means "from 5 to the end, every 15".
-            end = bounds.max;
+    let step = match step {
+        None => 1,
+        Some(step) => {
+            let step = parse_int(step, expr)?;
+            if low_and_high.len() == 1 {
+                // `5/15` means "from 5 to the end, every 15".
+                end = bounds.max;
+            }
+            if step == 0 {
+                return fail(format!("step of range should be a positive number: {expr}"));
+            }
+            star &= step == 1;
+            step
         }
-        if step == 0 {
-            return fail(format!("step of range should be a positive number: {expr}"));
-        }
-    }
+    };
     if start < bounds.min {
         return fail(format!(
             "beginning of range ({start}) below minimum ({}): {expr}",
@@ -192,7 +261,10 @@ fn validate_range(expr: &str, bounds: &Bounds) -> Result<(), CronError> {
             "beginning of range ({start}) beyond end of range ({end}): {expr}"
         ));
     }
-    Ok(())
+    let bits = (start..=end)
+        .step_by(step as usize)
+        .fold(0u64, |bits, value| bits | 1 << value);
+    Ok((bits, star))
 }
 
 fn parse_int_or_name(value: &str, bounds: &Bounds, expr: &str) -> Result<u32, CronError> {
@@ -221,37 +293,65 @@ fn parse_int(value: &str, expr: &str) -> Result<u32, CronError> {
 /// Go's `time.ParseDuration` grammar: `[-+]?` then `0` or one or more `<decimal><unit>`, unit
 /// one of `ns`, `us`, `µs`, `μs`, `ms`, `s`, `m`, `h`.
 pub fn validate_go_duration(input: &str) -> Result<(), CronError> {
-    let invalid = || CronError(format!("time: invalid duration {input:?}"));
-    let unsigned = input.strip_prefix(['-', '+']).unwrap_or(input);
+    parse_go_duration(input)
+        .map(|_| ())
+        .ok_or_else(|| CronError(format!("time: invalid duration {input:?}")))
+}
+
+/// Go's `time.ParseDuration`, to nanosecond precision; negative durations come out as zero.
+pub fn parse_go_duration(input: &str) -> Option<Duration> {
+    let (negative, unsigned) = match input.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, input.strip_prefix('+').unwrap_or(input)),
+    };
     if unsigned == "0" {
-        return Ok(());
+        return Some(Duration::ZERO);
     }
     if unsigned.is_empty() {
-        return Err(invalid());
+        return None;
     }
+    let mut total_nanos: u128 = 0;
     let mut rest = unsigned;
     while !rest.is_empty() {
         let number_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        let number = &rest[..number_len];
-        let digits = number.bytes().filter(u8::is_ascii_digit).count();
-        if digits == 0 || number.matches('.').count() > 1 {
-            return Err(invalid());
-        }
-        rest = &rest[number_len..];
-        let unit_len = rest
+        let (number, after_number) = rest.split_at(number_len);
+        let unit_len = after_number
             .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        if !matches!(
-            &rest[..unit_len],
-            "ns" | "us" | "µs" | "μs" | "ms" | "s" | "m" | "h"
-        ) {
-            return Err(invalid());
+            .unwrap_or(after_number.len());
+        let (unit, after_unit) = after_number.split_at(unit_len);
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return None;
         }
-        rest = &rest[unit_len..];
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        total_nanos = total_nanos.checked_add(whole.checked_mul(unit_nanos)?)?;
+        // Go keeps the fraction to nanosecond precision; so do we.
+        let mut scale = unit_nanos;
+        for digit in fraction.bytes().take(20) {
+            scale /= 10;
+            total_nanos += u128::from(digit - b'0') * scale;
+        }
+        rest = after_unit;
     }
-    Ok(())
+    if negative {
+        return Some(Duration::ZERO);
+    }
+    Some(Duration::from_nanos(u64::try_from(total_nanos).ok()?))
 }
 
 #[cfg(test)]

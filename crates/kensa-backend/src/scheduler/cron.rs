@@ -1,7 +1,6 @@
-//! Next-fire computation for check `cron` strings. `kensa_types::cron` only says whether a
-//! string is valid (the API uses it on write, and it is what this module runs first, so both
-//! agree on the grammar and the error messages); this module turns a valid string into a
-//! [`CronSchedule`] and answers "when does it fire next?".
+//! Next-fire computation for check `cron` strings. `kensa_types::cron` parses the string (the
+//! API validates with the same parser, so both agree on the grammar and the error messages);
+//! this module resolves its time zone and answers "when does it fire next?".
 //!
 //! Semantics follow robfig/cron v3's standard parser, which Sensu uses (reference §3.4.2):
 //! five fields (minute, hour, day of month, month, day of week), names, ranges, steps, lists,
@@ -20,6 +19,7 @@ use std::time::Duration;
 use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
+use kensa_types::cron::{self, CronFields};
 
 /// Why a cron string cannot be scheduled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,75 +43,12 @@ pub enum CronSchedule {
     Calendar(Calendar),
 }
 
-/// The five fields as bit sets (bit `n` set: value `n` matches), in `zone`.
+/// The five fields (bit sets, see [`CronFields`]) evaluated in `zone`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calendar {
-    minutes: u64,
-    hours: u64,
-    days_of_month: u64,
-    months: u64,
-    days_of_week: u64,
-    /// The day-of-month field started with `*`/`?` (robfig's star bit): day matching is then
-    /// an AND of the two day fields instead of an OR.
-    day_of_month_star: bool,
-    day_of_week_star: bool,
+    fields: CronFields,
     zone: TimeZone,
 }
-
-struct Bounds {
-    min: u32,
-    max: u32,
-    names: &'static [(&'static str, u32)],
-}
-
-const MONTH_NAMES: &[(&str, u32)] = &[
-    ("jan", 1),
-    ("feb", 2),
-    ("mar", 3),
-    ("apr", 4),
-    ("may", 5),
-    ("jun", 6),
-    ("jul", 7),
-    ("aug", 8),
-    ("sep", 9),
-    ("oct", 10),
-    ("nov", 11),
-    ("dec", 12),
-];
-const WEEKDAY_NAMES: &[(&str, u32)] = &[
-    ("sun", 0),
-    ("mon", 1),
-    ("tue", 2),
-    ("wed", 3),
-    ("thu", 4),
-    ("fri", 5),
-    ("sat", 6),
-];
-const MINUTES: Bounds = Bounds {
-    min: 0,
-    max: 59,
-    names: &[],
-};
-const HOURS: Bounds = Bounds {
-    min: 0,
-    max: 23,
-    names: &[],
-};
-const DAYS_OF_MONTH: Bounds = Bounds {
-    min: 1,
-    max: 31,
-    names: &[],
-};
-const MONTHS: Bounds = Bounds {
-    min: 1,
-    max: 12,
-    names: MONTH_NAMES,
-};
-const DAYS_OF_WEEK: Bounds = Bounds {
-    min: 0,
-    max: 6,
-    names: WEEKDAY_NAMES,
-};
 
 /// robfig gives up looking for a fire time after five years.
 const SEARCH_DAYS: u32 = 5 * 366;
@@ -119,66 +56,24 @@ const SEARCH_DAYS: u32 = 5 * 366;
 impl CronSchedule {
     /// Parses `spec`; fields without a `TZ=` prefix are evaluated in `default_zone`.
     pub fn parse(spec: &str, default_zone: &TimeZone) -> Result<CronSchedule, CronError> {
-        let invalid = |reason: String| CronError::Invalid {
+        let parsed = cron::parse(spec).map_err(|err| CronError::Invalid {
             spec: spec.to_owned(),
-            reason,
+            reason: err.to_string(),
+        })?;
+        let zone = match &parsed.zone {
+            Some(name) => TimeZone::get(name).map_err(|_| CronError::UnknownZone {
+                spec: spec.to_owned(),
+                zone: name.clone(),
+            })?,
+            None => default_zone.clone(),
         };
-        kensa_types::cron::validate(spec).map_err(|err| invalid(err.to_string()))?;
-        let (zone, schedule) = match spec
-            .strip_prefix("CRON_TZ=")
-            .or_else(|| spec.strip_prefix("TZ="))
-        {
-            Some(rest) => {
-                let (name, schedule) = rest
-                    .split_once(' ')
-                    .ok_or_else(|| invalid("missing schedule after time zone".into()))?;
-                let zone = TimeZone::get(name).map_err(|_| CronError::UnknownZone {
-                    spec: spec.to_owned(),
-                    zone: name.to_owned(),
-                })?;
-                (zone, schedule.trim())
+        Ok(match parsed.schedule {
+            // robfig truncates to whole seconds and raises anything shorter to one.
+            cron::CronSchedule::Every(period) => {
+                CronSchedule::Every(Duration::from_secs(period.as_secs().max(1)))
             }
-            None => (default_zone.clone(), spec.trim()),
-        };
-        let fields = match schedule {
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            "@monthly" => "0 0 1 * *",
-            "@weekly" => "0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@hourly" => "0 * * * *",
-            other => match other.strip_prefix("@every ") {
-                Some(duration) => {
-                    let period = parse_go_duration(duration.trim())
-                        .ok_or_else(|| invalid(format!("invalid duration {duration:?}")))?;
-                    let whole_seconds = Duration::from_secs(period.as_secs().max(1));
-                    return Ok(CronSchedule::Every(whole_seconds));
-                }
-                None => other,
-            },
-        };
-        let fields: Vec<&str> = fields.split_whitespace().collect();
-        let [minute, hour, day_of_month, month, day_of_week] = fields.as_slice() else {
-            return Err(invalid(format!(
-                "expected exactly 5 fields, found {}",
-                fields.len()
-            )));
-        };
-        let field = |text: &str, bounds: &Bounds| parse_field(text, bounds).map_err(invalid);
-        let (minutes, _) = field(minute, &MINUTES)?;
-        let (hours, _) = field(hour, &HOURS)?;
-        let (days_of_month, day_of_month_star) = field(day_of_month, &DAYS_OF_MONTH)?;
-        let (months, _) = field(month, &MONTHS)?;
-        let (days_of_week, day_of_week_star) = field(day_of_week, &DAYS_OF_WEEK)?;
-        Ok(CronSchedule::Calendar(Calendar {
-            minutes,
-            hours,
-            days_of_month,
-            months,
-            days_of_week,
-            day_of_month_star,
-            day_of_week_star,
-            zone,
-        }))
+            cron::CronSchedule::Fields(fields) => CronSchedule::Calendar(Calendar { fields, zone }),
+        })
     }
 }
 
@@ -203,13 +98,13 @@ impl Calendar {
     /// monotonically under the "compatible" rule (gap: after it; fold: the first one), so the
     /// first candidate in wall-clock order that is later than `after` is the earliest.
     fn first_on(&self, date: Date, start: DateTime, after: Timestamp) -> Option<Timestamp> {
-        for hour in bits(self.hours) {
+        for hour in bits(self.fields.hours) {
             // Hours well before `after` on its own day cannot be later than it (UTC offsets
             // change by less than three hours): skip converting their minutes.
             if date == start.date() && i32::from(hour) + 3 < i32::from(start.hour()) {
                 continue;
             }
-            for minute in bits(self.minutes) {
+            for minute in bits(self.fields.minutes) {
                 let wall = date.at(hour, minute, 0, 0);
                 let Ok(fire) = self.zone.to_ambiguous_timestamp(wall).compatible() else {
                     continue;
@@ -224,12 +119,13 @@ impl Calendar {
 
     /// robfig's `dayMatches`.
     fn day_matches(&self, date: Date) -> bool {
-        if self.months & (1 << date.month()) == 0 {
+        if self.fields.months & (1 << date.month()) == 0 {
             return false;
         }
-        let day_of_month = self.days_of_month & (1 << date.day()) != 0;
-        let day_of_week = self.days_of_week & (1 << date.weekday().to_sunday_zero_offset()) != 0;
-        if self.day_of_month_star || self.day_of_week_star {
+        let day_of_month = self.fields.days_of_month & (1 << date.day()) != 0;
+        let day_of_week =
+            self.fields.days_of_week & (1 << date.weekday().to_sunday_zero_offset()) != 0;
+        if self.fields.day_of_month_star || self.fields.day_of_week_star {
             day_of_month && day_of_week
         } else {
             day_of_month || day_of_week
@@ -240,123 +136,6 @@ impl Calendar {
 /// The values set in `set`, ascending (each fits an `i8`: fields stop at 59).
 fn bits(set: u64) -> impl Iterator<Item = i8> {
     (0..64i8).filter(move |bit| set & (1 << bit) != 0)
-}
-
-/// One field (a comma-separated list) as a bit set, and whether any part started with `*` or
-/// `?` without a step above one (robfig's star bit). The grammar was validated before.
-fn parse_field(field: &str, bounds: &Bounds) -> Result<(u64, bool), String> {
-    let mut set = 0u64;
-    let mut star = false;
-    for expr in field.split(',') {
-        let (range, step) = match expr.split_once('/') {
-            Some((range, step)) => (range, Some(step)),
-            None => (expr, None),
-        };
-        let (mut start, mut end, mut is_star) = if range == "*" || range == "?" {
-            (bounds.min, bounds.max, true)
-        } else {
-            match range.split_once('-') {
-                Some((low, high)) => (value(low, bounds)?, value(high, bounds)?, false),
-                None => {
-                    let single = value(range, bounds)?;
-                    (single, single, false)
-                }
-            }
-        };
-        let step = match step {
-            None => 1,
-            Some(step) => {
-                let step: u32 = step
-                    .parse()
-                    .map_err(|_| format!("failed to parse int from {step}: {expr}"))?;
-                if !range.contains('-') {
-                    // `5/15`: from 5 to the end of the range, every 15.
-                    end = bounds.max;
-                }
-                if step > 1 {
-                    is_star = false;
-                }
-                step
-            }
-        };
-        if step == 0 || start < bounds.min || end > bounds.max || start > end {
-            return Err(format!("invalid range: {expr}"));
-        }
-        while start <= end {
-            set |= 1 << start;
-            start += step;
-        }
-        star |= is_star;
-    }
-    Ok((set, star))
-}
-
-fn value(text: &str, bounds: &Bounds) -> Result<u32, String> {
-    let lower = text.to_ascii_lowercase();
-    match bounds.names.iter().find(|(name, _)| *name == lower) {
-        Some((_, number)) => Ok(*number),
-        None => text
-            .parse()
-            .map_err(|_| format!("failed to parse int from {text}")),
-    }
-}
-
-/// Go's `time.ParseDuration` (the grammar `kensa_types::cron::validate_go_duration` checks);
-/// negative durations come out as zero.
-pub fn parse_go_duration(input: &str) -> Option<Duration> {
-    let (negative, unsigned) = match input.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, input.strip_prefix('+').unwrap_or(input)),
-    };
-    if unsigned == "0" {
-        return Some(Duration::ZERO);
-    }
-    if unsigned.is_empty() {
-        return None;
-    }
-    let mut total_nanos: u128 = 0;
-    let mut rest = unsigned;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, after_number) = rest.split_at(number_len);
-        let unit_len = after_number
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after_number.len());
-        let (unit, after_unit) = after_number.split_at(unit_len);
-        let unit_nanos: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return None,
-        };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-            return None;
-        }
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().ok()?
-        };
-        total_nanos = total_nanos.checked_add(whole.checked_mul(unit_nanos)?)?;
-        // Go keeps the fraction to nanosecond precision; so do we.
-        let mut scale = unit_nanos;
-        for digit in fraction.bytes().take(20) {
-            scale /= 10;
-            total_nanos += u128::from(digit - b'0') * scale;
-        }
-        rest = after_unit;
-    }
-    if negative {
-        return Some(Duration::ZERO);
-    }
-    let nanos = u64::try_from(total_nanos).ok()?;
-    Some(Duration::from_nanos(nanos))
 }
 
 #[cfg(test)]
@@ -619,7 +398,7 @@ mod tests {
         ];
         for (input, nanos) in cases {
             assert_eq!(
-                parse_go_duration(input),
+                cron::parse_go_duration(input),
                 nanos.map(Duration::from_nanos),
                 "{input}"
             );
