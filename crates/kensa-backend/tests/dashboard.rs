@@ -11,103 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
+use common::{expect, Answer, Client};
 use kensa_backend::testing::TestServer;
-use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-/// An HTTP client logged in as some user (or not), talking to the dashboard's origin.
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    auth: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-    text: String,
-}
-
-impl Client {
-    fn anonymous(base: &str) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base: base.to_owned(),
-            auth: None,
-        }
-    }
-
-    async fn login(base: &str, user: &str, password: &str) -> Client {
-        let mut client = Client::anonymous(base);
-        let answer = client
-            .http
-            .get(format!("{base}/auth"))
-            .basic_auth(user, Some(password))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), StatusCode::OK, "login as {user}");
-        let tokens: Value = answer.json().await.unwrap();
-        client.auth = Some(format!(
-            "Bearer {}",
-            tokens["access_token"].as_str().unwrap()
-        ));
-        client
-    }
-
-    /// `path` is absolute (`/dashboard/api/…`) or relative to `/api/core/v2/`.
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
-        let url = if path.starts_with('/') {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}/api/core/v2/{path}", self.base)
-        };
-        let mut request = self.http.request(method, url);
-        if let Some(auth) = &self.auth {
-            request = request.header("Authorization", auth);
-        }
-        if let Some(body) = body {
-            request = request.body(serde_json::to_vec(body).unwrap());
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer {
-            status,
-            headers,
-            body,
-            text,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.call(Method::GET, path, None).await
-    }
-    async fn put(&self, path: &str, body: &Value) -> Answer {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-    async fn post(&self, path: &str, body: &Value) -> Answer {
-        self.call(Method::POST, path, Some(body)).await
-    }
-    async fn delete(&self, path: &str) -> Answer {
-        self.call(Method::DELETE, path, None).await
-    }
-}
-
-/// Asserts a status and returns the answer, printing the body on failure.
-#[track_caller]
-fn expect(answer: Answer, status: u16) -> Answer {
-    assert_eq!(
-        answer.status.as_u16(),
-        status,
-        "unexpected answer: {}",
-        answer.text
-    );
-    answer
-}
 
 const VIEWER: &str = "viewer";
 const VIEWER_PASSWORD: &str = "viewer-pass-1";
