@@ -17,6 +17,9 @@
 # <repo>/target).
 set -euo pipefail
 
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RESULTS=$ROOT/bench/results
@@ -35,25 +38,6 @@ BACKEND_PID=""
 AGENT_PID=""
 STATE_DIR=""
 
-log() { printf 'bench/agent-rss.sh: %s\n' "$*" >&2; }
-
-stop_pid() {
-    local pid=$1 what=$2
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$what $pid ignored SIGTERM for 10 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     stop_pid "$AGENT_PID" agent
     AGENT_PID=""
@@ -66,26 +50,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A port nothing listens on now (different from the ones given as arguments), below the
-# kernel's ephemeral range: the backend's tcp handler opens one connection per event, and the
-# tens of thousands of them left in TIME_WAIT would make a port from that range fail to bind.
-# UDP ports (StatsD) are not probed; a clash there makes the agent log an error, not fail.
-free_port() {
-    local port low
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 100); do
-        port=$((10000 + RANDOM % (low - 10000)))
-        if ! port_in_use "$port" && [[ " $* " != *" $port "* ]]; then
-            echo "$port"
-            return 0
-        fi
-    done
-    log "no free port found"
-    return 1
-}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     log "building release binaries into $TARGET_DIR"

@@ -15,6 +15,9 @@
 # SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
 set -euo pipefail
 
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RESULTS=$ROOT/bench/results
@@ -35,34 +38,9 @@ BACKEND_PID=""
 STATE_DIR=""
 PG_DATABASE=""
 
-log() { printf 'bench/api.sh: %s\n' "$*" >&2; }
-
-stop_backend() {
-    [[ -n "$BACKEND_PID" ]] || return 0
-    if kill -0 "$BACKEND_PID" 2>/dev/null; then
-        kill -TERM "$BACKEND_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$BACKEND_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$BACKEND_PID" 2>/dev/null; then
-            log "backend $BACKEND_PID ignored SIGTERM for 10 s; killing it"
-            kill -KILL "$BACKEND_PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$BACKEND_PID" 2>/dev/null || true
-    BACKEND_PID=""
-}
-
-drop_database() {
-    [[ -n "$PG_DATABASE" ]] || return 0
-    psql "$PG_URL/postgres" -v ON_ERROR_STOP=1 -qc "DROP DATABASE IF EXISTS \"$PG_DATABASE\" WITH (FORCE)" >/dev/null ||
-        log "could not drop database $PG_DATABASE; drop it by hand"
-    PG_DATABASE=""
-}
-
 cleanup() {
-    stop_backend
+    stop_pid "$BACKEND_PID" backend
+    BACKEND_PID=""
     drop_database
     if [[ -n "$STATE_DIR" ]]; then
         rm -rf "$STATE_DIR"
@@ -71,8 +49,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # One store: start a backend, measure, stop it, clean up.
 run_store() {
@@ -93,10 +69,7 @@ run_store() {
     esac
     local port=$PORT
     if [[ -z "$port" ]]; then
-        for _ in $(seq 1 50); do
-            port=$((20000 + RANDOM % 40000))
-            port_in_use "$port" || break
-        done
+        port=$(free_port)
     fi
     if port_in_use "$port"; then
         log "127.0.0.1:$port is already in use; set PORT"

@@ -24,6 +24,9 @@
 # RESULTS_TAG with it), SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
 set -euo pipefail
 
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RESULTS=$ROOT/bench/results
@@ -48,32 +51,6 @@ PERF_PID=""
 STATE_DIR=""
 PG_DATABASE=""
 
-log() { printf 'bench/events.sh: %s\n' "$*" >&2; }
-
-stop_pid() {
-    local pid=$1 what=$2
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$what $pid ignored SIGTERM for 10 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-drop_database() {
-    [[ -n "$PG_DATABASE" ]] || return 0
-    psql "$PG_URL/postgres" -v ON_ERROR_STOP=1 -qc "DROP DATABASE IF EXISTS \"$PG_DATABASE\" WITH (FORCE)" >/dev/null ||
-        log "could not drop database $PG_DATABASE; drop it by hand"
-    PG_DATABASE=""
-}
-
 cleanup() {
     stop_pid "$PERF_PID" perf
     PERF_PID=""
@@ -87,25 +64,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A port nothing listens on now (different from the ones given as arguments), below the
-# kernel's ephemeral range: the backend's tcp handler opens one connection per event, and the
-# tens of thousands of them left in TIME_WAIT would make a port from that range fail to bind.
-free_port() {
-    local port low
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 100); do
-        port=$((10000 + RANDOM % (low - 10000)))
-        if ! port_in_use "$port" && [[ " $* " != *" $port "* ]]; then
-            echo "$port"
-            return 0
-        fi
-    done
-    log "no free port found"
-    return 1
-}
 
 wait_healthy() {
     local url=$1
