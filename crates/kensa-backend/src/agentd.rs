@@ -153,7 +153,7 @@ impl Agentd {
         if session.pushed.as_ref() == Some(&config) {
             return;
         }
-        let frame = Arc::new(
+        let frame = Frame::from(
             BackendMessage::EntityConfig(serde_json::from_value(stored.as_ref().clone()).ok())
                 .encode(),
         );
@@ -347,7 +347,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
     if let Some(entity) = &stored {
         subscriptions = subscriptions_of(entity, &agent);
     }
-    let _ = control_tx.try_send(Arc::new(first.encode()));
+    let _ = control_tx.try_send(Frame::from(first.encode()));
     {
         let mut sessions = agentd.sessions.lock().expect("sessions lock poisoned");
         sessions.insert(
@@ -375,10 +375,10 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
 
     let writer = tokio::spawn(async move {
         loop {
-            let frame: Vec<u8> = tokio::select! {
+            let frame: Frame = tokio::select! {
                 biased;
                 control = control_rx.recv() => match control {
-                    Some(frame) => frame.as_ref().clone(),
+                    Some(frame) => frame,
                     None => break,
                 },
                 ack = ack_rx.recv() => match ack {
@@ -390,15 +390,16 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
                             .map(|(id, reason)| Rejected { id, reason })
                             .collect(),
                     })
-                    .encode(),
+                    .encode()
+                    .into(),
                     None => break,
                 },
                 request = request_rx.recv() => match request {
-                    Some(frame) => frame.as_ref().clone(),
+                    Some(frame) => frame,
                     None => break,
                 },
             };
-            if sink.send(Message::Binary(frame.into())).await.is_err() {
+            if sink.send(Message::Binary(frame)).await.is_err() {
                 break;
             }
         }
@@ -419,9 +420,9 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
             }
             Ok(Some(Ok(message))) => message,
         };
-        let bytes = match message {
-            Message::Binary(bytes) => bytes.to_vec(),
-            Message::Text(text) => text.as_str().as_bytes().to_vec(),
+        let bytes: Frame = match message {
+            Message::Binary(bytes) => bytes,
+            Message::Text(text) => Frame::copy_from_slice(text.as_str().as_bytes()),
             Message::Close(_) => break None,
             Message::Ping(_) | Message::Pong(_) => continue,
         };

@@ -8,12 +8,13 @@
 //! matching subscription and relied on a wall-clock dedup on the agent).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use tokio::sync::mpsc;
 
-/// A frame ready to write to an agent's WebSocket (encoded once, shared by every recipient).
-pub type Frame = Arc<Vec<u8>>;
+/// A frame ready to write to an agent's WebSocket (encoded once, shared by every recipient:
+/// cloning it never copies the bytes).
+pub type Frame = bytes::Bytes;
 
 /// Identifies one agent connection (an agent that reconnects gets a new session id).
 pub type SessionId = u64;
@@ -189,7 +190,7 @@ mod tests {
         let (b, mut b_rx) = session(2, "b", 8);
         dispatcher.register(a, subs(&["linux", "db"]));
         dispatcher.register(b, subs(&["windows"]));
-        let frame: Frame = Arc::new(b"check_request\n{}".to_vec());
+        let frame = Frame::from_static(b"check_request\n{}");
         let delivery = dispatcher.publish("default", &subs(&["linux", "db"]), &frame);
         assert_eq!(
             delivery,
@@ -214,7 +215,7 @@ mod tests {
         let (fast, mut fast_rx) = session(2, "fast", 8);
         dispatcher.register(slow, subs(&["linux"]));
         dispatcher.register(fast, subs(&["linux"]));
-        let frame: Frame = Arc::new(b"x\n{}".to_vec());
+        let frame = Frame::from_static(b"x\n{}");
         dispatcher.publish("default", &subs(&["linux"]), &frame);
         let second = dispatcher.publish("default", &subs(&["linux"]), &frame);
         assert_eq!(

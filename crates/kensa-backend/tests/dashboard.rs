@@ -17,7 +17,6 @@ use common::{expect, Answer, Client};
 use kensa_backend::testing::TestServer;
 use serde_json::{json, Value};
 
-
 const VIEWER: &str = "viewer";
 const VIEWER_PASSWORD: &str = "viewer-pass-1";
 

@@ -86,7 +86,7 @@ fn resolve_assets(view: &ConfigView, namespace: &str, names: &[String], check: &
 
 /// Encodes a request into the frame every recipient shares.
 pub fn encode(request: CheckRequest) -> Frame {
-    Arc::new(BackendMessage::CheckRequest(Box::new(request)).encode())
+    Frame::from(BackendMessage::CheckRequest(Box::new(request)).encode())
 }
 
 thread_local! {
