@@ -72,7 +72,7 @@ impl RecentOutcomes {
     pub fn get(&self, namespace: &str, event: &str) -> Vec<RecentOutcome> {
         let inner = self.inner.lock().expect("outcomes lock poisoned");
         inner
-            .0
+            .by_event
             .get(&(namespace.to_owned(), event.to_owned()))
             .cloned()
             .unwrap_or_default()
@@ -80,11 +80,11 @@ impl RecentOutcomes {
 
     fn put(&self, key: (String, String), outcomes: Vec<RecentOutcome>) {
         let mut inner = self.inner.lock().expect("outcomes lock poisoned");
-        if inner.0.insert(key.clone(), outcomes).is_none() {
-            inner.1.push_back(key);
-            if inner.1.len() > REMEMBERED_EVENTS {
-                if let Some(old) = inner.1.pop_front() {
-                    inner.0.remove(&old);
+        if inner.by_event.insert(key.clone(), outcomes).is_none() {
+            inner.order.push_back(key);
+            if inner.order.len() > REMEMBERED_EVENTS {
+                if let Some(old) = inner.order.pop_front() {
+                    inner.by_event.remove(&old);
                 }
             }
         }
