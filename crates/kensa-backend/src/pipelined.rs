@@ -62,10 +62,14 @@ pub struct RecentOutcome {
 /// The last outcomes per event key `(namespace, "<entity>/<check>")`, bounded.
 #[derive(Default)]
 pub struct RecentOutcomes {
-    inner: Mutex<(
-        HashMap<(String, String), Vec<RecentOutcome>>,
-        VecDeque<(String, String)>,
-    )>,
+    inner: Mutex<Remembered>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    by_event: HashMap<(String, String), Vec<RecentOutcome>>,
+    /// Insertion order, to forget the oldest event first.
+    order: VecDeque<(String, String)>,
 }
 
 impl RecentOutcomes {
