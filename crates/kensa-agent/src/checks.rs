@@ -301,6 +301,7 @@ impl CheckExecutor {
     fn event(&self, entity: Arc<Entity>, mut check: Check, request: &CheckRequest) -> Event {
         check.issued = request.issued;
         check.processed_by = self.agent_name.clone();
+        check.round = request.round.clone();
         let now = unix_now();
         let mut entity = (*entity).clone();
         entity.last_seen = now;

@@ -98,6 +98,10 @@ pub struct StartArgs {
     /// `nats://…` for the NATS JetStream queue; empty for the in-process queue.
     #[arg(long, env = "KENSA_BACKEND_QUEUE_URL")]
     pub queue_url: Option<String>,
+    /// The JetStream stream of round-robin rounds (default `KENSA_ROUNDS`); every backend of a
+    /// cluster must use the same.
+    #[arg(long, env = "KENSA_BACKEND_QUEUE_STREAM")]
+    pub queue_stream: Option<String>,
     /// error, warn, info, debug or trace.
     #[arg(long, env = "KENSA_BACKEND_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -133,6 +137,7 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
     queue_url: Option<String>,
+    queue_stream: Option<String>,
     log_level: Option<String>,
     api_request_limit: Option<usize>,
     access_token_expiry: Option<u64>,
@@ -177,6 +182,8 @@ pub struct BackendConfig {
     pub dashboard_port: u16,
     pub tls: Option<TlsFiles>,
     pub queue_url: Option<String>,
+    /// The JetStream stream name (ignored by the in-process queue).
+    pub queue_stream: String,
     pub log_level: String,
     pub api_request_limit: usize,
     pub access_token_expiry: Duration,
@@ -197,6 +204,7 @@ pub struct TlsFiles {
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kensa";
+pub const DEFAULT_QUEUE_STREAM: &str = "KENSA_ROUNDS";
 
 fn resolve_store(args: &StoreArgs, file: &FileConfig) -> (PathBuf, StoreLocation) {
     let state_dir = args
@@ -298,6 +306,12 @@ impl StartArgs {
                 .clone()
                 .or(file.queue_url.clone())
                 .filter(|u| !u.is_empty()),
+            queue_stream: self
+                .queue_stream
+                .clone()
+                .or(file.queue_stream.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_QUEUE_STREAM.to_owned()),
             log_level,
             api_request_limit: self
                 .api_request_limit

@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// A frame ready to write to an agent's WebSocket (encoded once, shared by every recipient:
 /// cloning it never copies the bytes).
@@ -44,16 +44,54 @@ struct Registry {
     sessions: HashMap<SessionId, (SessionHandle, Vec<String>)>,
 }
 
-/// Shared by the agent listener (register/unregister) and the scheduler (publish).
-#[derive(Default)]
+/// Shared by the agent listener (register/unregister), the scheduler (publish) and round
+/// robin (which picks one session per round).
 pub struct Dispatcher {
     /// Never held across an await; publishing clones the senders it needs and releases it.
     registry: RwLock<Registry>,
+    /// Bumped on every register/unregister, so round robin learns about sessions that came or
+    /// went without agentd knowing about it.
+    membership: watch::Sender<u64>,
+}
+
+impl Default for Dispatcher {
+    fn default() -> Dispatcher {
+        Dispatcher {
+            registry: RwLock::default(),
+            membership: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Dispatcher {
     pub fn new() -> Dispatcher {
         Dispatcher::default()
+    }
+
+    /// Changes whenever a session registers or unregisters.
+    pub fn membership(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
+    }
+
+    fn membership_changed(&self) {
+        self.membership.send_modify(|generation| *generation += 1);
+    }
+
+    /// The session `id`, if it is still registered.
+    pub fn session(&self, id: SessionId) -> Option<SessionHandle> {
+        let registry = self.registry.read().expect("dispatcher lock poisoned");
+        registry.sessions.get(&id).map(|(s, _)| s.clone())
+    }
+
+    /// The ids of the sessions holding `subscription` in `namespace`, in id order (the order
+    /// they connected).
+    pub fn subscriber_ids(&self, namespace: &str, subscription: &str) -> Vec<SessionId> {
+        let registry = self.registry.read().expect("dispatcher lock poisoned");
+        registry
+            .by_subscription
+            .get(&(namespace.to_owned(), subscription.to_owned()))
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Adds a session (or replaces its subscriptions when it is already registered).
@@ -70,6 +108,8 @@ impl Dispatcher {
         registry
             .sessions
             .insert(session.id, (session, subscriptions));
+        drop(registry);
+        self.membership_changed();
     }
 
     pub fn unregister(&self, id: SessionId) {
@@ -77,6 +117,7 @@ impl Dispatcher {
             .write()
             .expect("dispatcher lock poisoned")
             .remove(id);
+        self.membership_changed();
     }
 
     /// The subscriptions a session is registered with.

@@ -11,6 +11,7 @@ pub mod eventd;
 pub mod keepalived;
 pub mod local_agent;
 pub mod pipelined;
+pub mod rounds;
 pub mod scheduler;
 pub mod server;
 pub mod telemetry;

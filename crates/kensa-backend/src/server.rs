@@ -20,6 +20,7 @@ use crate::dispatch::Dispatcher;
 use crate::eventd::{Eventd, FailingAgents};
 use crate::keepalived::Keepalived;
 use crate::pipelined::{self, RecentOutcomes};
+use crate::rounds::{RoundOrders, RoundRobin};
 use crate::scheduler::Scheduler;
 use crate::telemetry::Telemetry;
 use crate::view::ConfigView;
@@ -105,6 +106,15 @@ pub async fn run(
     let failing = Arc::new(FailingAgents::default());
     let outcomes = Arc::new(RecentOutcomes::default());
     let (pipeline_tx, pipeline_rx) = mpsc::channel(pipelined::QUEUE);
+    // eventd → round robin's tap → pipelines: completed rounds are acknowledged on the way.
+    let (stored_tx, stored_rx) = mpsc::channel(pipelined::QUEUE);
+    let queue = kensa_queue::connect(
+        config.queue_url.as_deref(),
+        &config.queue_stream,
+        store.clone(),
+    )
+    .await
+    .context("opening the round-robin queue")?;
     let mut tasks = vec![
         follower,
         pruner,
@@ -122,7 +132,7 @@ pub async fn run(
         view.clone(),
         telemetry.clone(),
         failing.clone(),
-        pipeline_tx.clone(),
+        stored_tx,
         config.eventd.clone(),
         shutdown.child_token(),
     );
@@ -131,7 +141,7 @@ pub async fn run(
         store.clone(),
         view.clone(),
         eventd.clone(),
-        pipeline_tx,
+        pipeline_tx.clone(),
         failing,
         telemetry.clone(),
         shutdown.child_token(),
@@ -148,10 +158,28 @@ pub async fn run(
     tasks.push(tokio::spawn(
         agentd.clone().follow_entities(shutdown.child_token()),
     ));
+    let (round_orders, round_orders_rx) = RoundOrders::channel(telemetry.clone());
+    let (rounds, rounds_tasks) = RoundRobin::start(
+        queue,
+        store.clone(),
+        view.clone(),
+        dispatcher.clone(),
+        eventd.clone(),
+        telemetry.clone(),
+        round_orders_rx,
+        shutdown.child_token(),
+    );
+    tasks.extend(rounds_tasks);
+    tasks.push(tokio::spawn(crate::rounds::tap(
+        stored_rx,
+        pipeline_tx,
+        rounds,
+    )));
     tasks.push(Scheduler::start(
         view.clone(),
         store.clone(),
         dispatcher,
+        round_orders,
         telemetry.clone(),
         shutdown.child_token(),
     ));

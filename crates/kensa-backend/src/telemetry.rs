@@ -48,6 +48,31 @@ pub struct Telemetry {
     pub filter_expression_errors: Counter,
     // Scheduler.
     pub checks_scheduled: Counter,
+    // Round robin (one family per stage, labelled by namespace and subscription).
+    pub rounds_scheduled: Family<RoundLabels, Counter>,
+    pub rounds_delivered: Family<RoundLabels, Counter>,
+    pub rounds_redelivered: Family<RoundLabels, Counter>,
+    pub rounds_completed: Family<RoundLabels, Counter>,
+    pub rounds_duplicated: Family<RoundLabels, Counter>,
+    pub rounds_missed: Family<RoundLabels, Counter>,
+    pub round_queue_depth: Family<RoundLabels, Gauge>,
+    pub round_dispatch_seconds: Histogram,
+    pub round_publish_errors: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoundLabels {
+    pub namespace: String,
+    pub subscription: String,
+}
+
+impl RoundLabels {
+    pub fn new(namespace: &str, subscription: &str) -> RoundLabels {
+        RoundLabels {
+            namespace: namespace.to_owned(),
+            subscription: subscription.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,6 +230,59 @@ impl Telemetry {
             "Check executions requested by the scheduler (per check fire)",
             checks_scheduled.clone(),
         );
+        let round_family = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<RoundLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let rounds_scheduled = round_family(
+            &mut registry,
+            "rounds_scheduled",
+            "Round-robin rounds this backend scheduled and published (every backend publishes every round; the queue keeps one)",
+        );
+        let rounds_delivered = round_family(
+            &mut registry,
+            "rounds_delivered",
+            "Round-robin rounds this backend handed to one of its agents (first deliveries and redeliveries)",
+        );
+        let rounds_redelivered = round_family(
+            &mut registry,
+            "rounds_redelivered",
+            "Round-robin rounds handed to an agent again after an agent died, stalled or was cut off",
+        );
+        let rounds_completed = round_family(
+            &mut registry,
+            "rounds_completed",
+            "Round-robin rounds whose result this backend stored first",
+        );
+        let rounds_duplicated = round_family(
+            &mut registry,
+            "rounds_duplicated",
+            "Second executions of an already completed round (stored on the round record, not handled)",
+        );
+        let rounds_missed = round_family(
+            &mut registry,
+            "rounds_missed",
+            "Round-robin rounds with no result by their deadline (a round missed event was raised)",
+        );
+        let round_queue_depth = Family::<RoundLabels, Gauge>::default();
+        registry.register(
+            "round_queue_depth",
+            "Round-robin rounds queued or in flight, by subscription",
+            round_queue_depth.clone(),
+        );
+        let round_dispatch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "round_dispatch_seconds",
+            "From a round's scheduled tick to its request leaving for an agent",
+            round_dispatch_seconds.clone(),
+        );
+        let round_publish_errors = Counter::default();
+        registry.register(
+            "round_publish_errors",
+            "Failed attempts to publish a round to the queue (retried until the round's deadline)",
+            round_publish_errors.clone(),
+        );
         Telemetry {
             registry: Mutex::new(registry),
             http_requests,
@@ -230,6 +308,15 @@ impl Telemetry {
             handler_outcomes,
             filter_expression_errors,
             checks_scheduled,
+            rounds_scheduled,
+            rounds_delivered,
+            rounds_redelivered,
+            rounds_completed,
+            rounds_duplicated,
+            rounds_missed,
+            round_queue_depth,
+            round_dispatch_seconds,
+            round_publish_errors,
         }
     }
 

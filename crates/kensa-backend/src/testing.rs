@@ -68,6 +68,7 @@ impl TestServer {
             dashboard_port,
             tls: None,
             queue_url: None,
+            queue_stream: crate::config::DEFAULT_QUEUE_STREAM.into(),
             log_level: "warn".into(),
             api_request_limit: 512_000,
             eventd: crate::eventd::EventdSettings::default(),

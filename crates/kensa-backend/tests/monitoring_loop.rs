@@ -610,3 +610,189 @@ async fn a_flapping_sequence_sets_state_and_total_state_change() {
     assert_eq!(states, vec!["flapping", "passing"], "one start, one end");
     lp.server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round robin (issue 4): one agent per round, through the in-process queue. The fault
+// scenarios with real processes are in round_robin_faults.rs.
+
+/// `(round, agent)` of every round-robin result of `check` the handler got.
+fn handled_rounds(file: &Path, check: &str) -> Vec<(String, String)> {
+    handled(file)
+        .iter()
+        .filter(|e| check_name(e) == check && e["check"]["round"].is_string())
+        .map(|e| {
+            (
+                e["check"]["round"].as_str().unwrap().to_owned(),
+                e["entity"]["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The scheduled tick of a round id `<ns>/<check>@<tick>#<subscription>`.
+fn tick_of(round: &str) -> i64 {
+    let after = round.split_once('@').unwrap().1;
+    after.split(['#', '/']).next().unwrap().parse().unwrap()
+}
+
+async fn metric(lp: &Loop, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", lp.server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn each_round_robin_round_runs_on_exactly_one_agent_and_spreads_over_them() {
+    let lp = Loop::start().await;
+    let file = lp.recording_handler("record", &[]).await;
+    let agents = [
+        lp.agent("zone-1", &["zone"]).await,
+        lp.agent("zone-2", &["zone"]).await,
+        lp.agent("zone-3", &["zone"]).await,
+    ];
+    lp.check(json!({
+        "metadata": {"name": "synthetic"},
+        "command": "echo ok",
+        "interval": 1,
+        "timeout": 2,
+        "round_robin": true,
+        "subscriptions": ["zone"],
+        "handlers": ["record"],
+        "publish": true,
+    }))
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while handled_rounds(&file, "synthetic").len() < 15 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rounds = handled_rounds(&file, "synthetic");
+    assert!(rounds.len() >= 15, "rounds handled: {rounds:?}");
+    // Exactly one agent per round: no round handled twice, and consecutive ticks.
+    let mut ticks: Vec<i64> = rounds.iter().map(|(round, _)| tick_of(round)).collect();
+    ticks.sort();
+    let before = ticks.len();
+    ticks.dedup();
+    assert_eq!(ticks.len(), before, "a round was handled twice: {rounds:?}");
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 1000, "a round is missing: {ticks:?}");
+    }
+    assert!(rounds.iter().all(|(round, _)| round.ends_with("#zone")));
+    // Spread: every agent takes rounds, none takes most of them.
+    let mut per_agent = std::collections::BTreeMap::<&str, usize>::new();
+    for (_, agent) in &rounds {
+        *per_agent.entry(agent.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_agent.len(), 3, "executions per agent: {per_agent:?}");
+    assert!(
+        per_agent.values().all(|n| *n * 3 >= rounds.len() / 2),
+        "uneven spread: {per_agent:?}"
+    );
+
+    // A newly connected agent takes rounds within about an interval.
+    let newcomer = lp.agent("zone-4", &["zone"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !handled_rounds(&file, "synthetic")
+        .iter()
+        .any(|(_, agent)| agent == "zone-4")
+    {
+        assert!(Instant::now() < deadline, "zone-4 never got a round");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ad hoc execution of a round-robin check runs once, on one agent.
+    lp.check(json!({
+        "metadata": {"name": "on-demand"},
+        "command": "echo adhoc",
+        "interval": 60,
+        "round_robin": true,
+        "subscriptions": ["zone"],
+        "handlers": ["record"],
+        "publish": false,
+    }))
+    .await;
+    expect(
+        lp.client
+            .post(
+                "namespaces/default/checks/on-demand/execute",
+                &json!({"check": "on-demand"}),
+            )
+            .await,
+        202,
+    );
+    wait_handled(&file, Duration::from_secs(10), |e| {
+        check_name(e) == "on-demand"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let adhoc = handled_rounds(&file, "on-demand");
+    assert_eq!(adhoc.len(), 1, "ad hoc ran on one agent only: {adhoc:?}");
+    assert!(adhoc[0].0.contains("@adhoc-"));
+
+    assert!(metric(&lp, "kensa_rounds_completed_total").await >= 15.0);
+    assert_eq!(metric(&lp, "kensa_rounds_missed_total").await, 0.0);
+    for agent in agents {
+        agent.kill().await;
+    }
+    newcomer.kill().await;
+}
+
+#[tokio::test]
+async fn a_round_no_agent_can_run_is_reported_missed_and_resolves_when_rounds_run_again() {
+    let lp = Loop::start().await;
+    let file = lp.recording_handler("record", &[]).await;
+    lp.check(json!({
+        "metadata": {"name": "lonely"},
+        "command": "echo ok",
+        "interval": 1,
+        "timeout": 1,
+        "round_robin": true,
+        "subscriptions": ["nobody-yet"],
+        "handlers": ["record"],
+        "publish": true,
+    }))
+    .await;
+    // No agent holds the subscription: the first round passes its deadline unrun.
+    let missed = lp
+        .event(
+            "round-robin:nobody-yet",
+            "lonely",
+            Duration::from_secs(30),
+            |e| e["check"]["status"] == 2,
+        )
+        .await;
+    assert_eq!(
+        missed["check"]["metadata"]["annotations"]["kensa.io/missed-round"],
+        "true"
+    );
+    assert!(missed["check"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("was not completed by any agent of subscription nobody-yet"));
+    assert_eq!(missed["entity"]["entity_class"], "proxy");
+    // Handled like any failure of the check.
+    wait_handled(&file, Duration::from_secs(5), |e| {
+        e["entity"]["metadata"]["name"] == "round-robin:nobody-yet" && e["check"]["status"] == 2
+    })
+    .await;
+    assert!(metric(&lp, "kensa_rounds_missed_total").await >= 1.0);
+
+    // An agent arrives: rounds run again and the missed-round event resolves.
+    let agent = lp.agent("late-1", &["nobody-yet"]).await;
+    lp.event(
+        "round-robin:nobody-yet",
+        "lonely",
+        Duration::from_secs(40),
+        |e| e["check"]["status"] == 0,
+    )
+    .await;
+    assert!(!handled_rounds(&file, "lonely").is_empty());
+    agent.kill().await;
+}

@@ -10,6 +10,10 @@
 //! per batch), and only after the commit are events acknowledged to agents, answered to the
 //! API and sent to the pipelines: nothing acknowledged is lost.
 //!
+//! Round-robin results (a check `round` with `#<subscription>`) are claimed on the round's
+//! record first (`rounds::record::claim`): a second execution of a completed round is recorded
+//! there as a duplicate and acknowledged, but never stored as the check's event nor handled.
+//!
 //! Overflow: agent submissions use `try_submit`; when a shard's queue is full the event is not
 //! acknowledged and the agent re-sends it from its outbox later. The API and internal sources
 //! wait for room instead.
@@ -27,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::dispatch::SessionId;
-use crate::telemetry::Telemetry;
+use crate::rounds::record::Claim;
+use crate::telemetry::{RoundLabels, Telemetry};
 use crate::view::ConfigView;
 
 pub mod ttl;
@@ -455,6 +460,38 @@ impl Shard {
         if event["timestamp"].as_i64().unwrap_or(0) == 0 {
             event["timestamp"] = json!(now);
         }
+        if let Some(round) = event["check"]["round"]
+            .as_str()
+            .and_then(crate::rounds::record::RoundRef::parse)
+        {
+            match self.claim_round(&round, &event, id, now).await {
+                Ok(Claim::First | Claim::Late) => {}
+                Ok(Claim::Duplicate) => {
+                    // Another agent already completed this round: keep the second execution
+                    // on the round record (done by the claim) and acknowledge it, but neither
+                    // store it as the check's event nor handle it.
+                    self.deps
+                        .telemetry
+                        .rounds_duplicated
+                        .get_or_create(&RoundLabels::new(&round.namespace, &round.subscription))
+                        .inc();
+                    tracing::info!(round = %round.id, entity = %event["entity"]["metadata"]["name"], "second execution of a completed round-robin round; recorded as a duplicate");
+                    if let Some(id) = id.filter(|_| from_agent) {
+                        self.cache
+                            .lock()
+                            .expect("shard cache poisoned")
+                            .remember(id);
+                    }
+                    complete_now(origin, id);
+                    return None;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, round = %round.id, "could not claim the round; result not acknowledged");
+                    complete_error(origin, EventError::Unavailable(err.to_string()));
+                    return None;
+                }
+            }
+        }
         if event["check"].is_null() {
             // Metrics only: nothing to store, straight to the pipelines.
             let processed = decode_processed(&event);
@@ -521,6 +558,29 @@ impl Shard {
                 expire_silences,
             },
         })
+    }
+
+    /// Claims a round-robin round for this result ([`crate::rounds::record::claim`]).
+    async fn claim_round(
+        &self,
+        round: &crate::rounds::record::RoundRef,
+        event: &Value,
+        id: Option<Uuid>,
+        now: i64,
+    ) -> kensa_store::Result<Claim> {
+        let check = &event["check"];
+        let completion = crate::rounds::record::Completion {
+            entity: event["entity"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            event_id: id.map(|id| id.to_string()).unwrap_or_default(),
+            status: check["status"].as_u64().unwrap_or(0) as u32,
+            executed: check["executed"].as_i64().unwrap_or(now),
+            now_ms: jiff::Timestamp::now().as_millisecond(),
+        };
+        let period_ms = crate::rounds::record::period_ms(check["interval"].as_u64().unwrap_or(0));
+        crate::rounds::record::claim(self.deps.store.as_ref(), round, period_ms, &completion).await
     }
 
     /// The previous check state of `key`: from memory, else from the store.

@@ -16,8 +16,10 @@
 //! `request.rs` — building, proxy expansion and round ids; `adhoc.rs` — the ad hoc queue's
 //! store side.
 //!
-//! Not yet: round robin is not exclusive (see the `RoundRobin` branch in `state.rs`), and
-//! secrets are never sent (Sensu only sends them over mTLS).
+//! Round-robin checks are not sent here: each round goes, as a [`crate::rounds::RoundOrder`],
+//! to the round-robin service, which queues one message per subscription.
+//!
+//! Not yet: secrets are never sent (Sensu only sends them over mTLS).
 
 mod adhoc;
 pub mod cron;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::state::{Inbox, SchedulerCore};
 use crate::dispatch::Dispatcher;
+use crate::rounds::RoundOrders;
 use crate::telemetry::Telemetry;
 use crate::view::ConfigView;
 
@@ -44,6 +47,8 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// instants, and a clock step must not leave them late by more than this.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
+pub use request::encode as encode_request;
+
 pub struct Scheduler;
 
 impl Scheduler {
@@ -52,14 +57,21 @@ impl Scheduler {
         view: Arc<ConfigView>,
         store: Arc<dyn Store>,
         dispatcher: Arc<Dispatcher>,
+        rounds: RoundOrders,
         telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             // Subscribed before the first sync, so no change falls between the two.
             let changes = view.subscribe();
-            let (core, inbox) =
-                SchedulerCore::new(view, store, dispatcher, telemetry, TimeZone::system());
+            let (core, inbox) = SchedulerCore::new(
+                view,
+                store,
+                dispatcher,
+                rounds,
+                telemetry,
+                TimeZone::system(),
+            );
             run(core, inbox, changes, shutdown).await;
         })
     }

@@ -99,7 +99,11 @@ thread_local! {
 /// with the check's tokens substituted from that entity, `proxy_entity_name` set and
 /// `/<entity>` appended to the round id. An entity whose expressions fail to evaluate, or
 /// whose substitution leaves a token unmatched, is skipped with a warning. Blocking.
-pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: i64) -> Vec<Frame> {
+pub fn expand_proxy(
+    template: &CheckRequest,
+    entities: &[Arc<Value>],
+    now_unix: i64,
+) -> Vec<CheckRequest> {
     let config = &template.config;
     let namespace = config.metadata.namespace.as_str();
     let check = config.metadata.name.as_str();
@@ -155,7 +159,7 @@ pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: 
             return Vec::new();
         }
     };
-    let mut frames = Vec::with_capacity(matching.len());
+    let mut requests = Vec::with_capacity(matching.len());
     for entity in matching {
         let name = entity_name(&entity);
         let substituted = substitute_json(&config_json, &synthesize_entity(&entity))
@@ -186,9 +190,9 @@ pub fn expand_proxy(template: &CheckRequest, entities: &[Arc<Value>], now_unix: 
             round: format!("{}/{name}", template.round),
             hook_assets: template.hook_assets.clone(),
         };
-        frames.push(encode(request));
+        requests.push(request);
     }
-    frames
+    requests
 }
 
 fn entity_name(entity: &Value) -> String {

@@ -18,7 +18,8 @@ use super::adhoc::{self, AdhocRecord, StoreCommand};
 use super::request;
 use super::schedule::{CheckSchedule, ScheduleSource, TimerQueue};
 use crate::api::special::ADHOC_KIND;
-use crate::dispatch::{Dispatcher, Frame};
+use crate::dispatch::Dispatcher;
+use crate::rounds::{RoundOrder, RoundOrders};
 use crate::telemetry::Telemetry;
 use crate::view::ConfigView;
 
@@ -59,7 +60,7 @@ enum Timer {
         check: CheckKey,
         generation: u64,
         target: Arc<Target>,
-        frame: Frame,
+        request: Box<CheckRequest>,
     },
 }
 
@@ -67,9 +68,10 @@ enum Timer {
 #[derive(Debug)]
 struct Target {
     namespace: String,
-    check: String,
     subscriptions: Vec<String>,
     distribution: Distribution,
+    /// The round's scheduled tick (Unix ms; the request time for ad hoc runs).
+    tick_ms: i64,
 }
 
 /// How a request reaches the subscribers.
@@ -77,8 +79,8 @@ struct Target {
 enum Distribution {
     /// Every connected agent holding one of the subscriptions gets it.
     FanOut,
-    /// `round_robin: true`: one agent per round should run it. Not exclusive yet — see
-    /// [`SchedulerCore::deliver`].
+    /// `round_robin: true`: one agent of each subscription runs each round, through the
+    /// round-robin queue ([`crate::rounds`]).
     RoundRobin,
 }
 
@@ -100,7 +102,7 @@ enum Origin {
 pub struct ProxyExpansion {
     origin: Origin,
     target: Arc<Target>,
-    frames: Vec<Frame>,
+    requests: Vec<CheckRequest>,
 }
 
 /// What the scheduler task must also listen to, besides the view and its timers.
@@ -123,8 +125,8 @@ pub struct SchedulerCore {
     /// expansion still running is skipped rather than piling up.
     expanding: HashSet<CheckKey>,
     expansions: mpsc::Sender<ProxyExpansion>,
-    /// Round-robin checks already warned about (once per check).
-    round_robin_warned: HashSet<CheckKey>,
+    /// Where round-robin rounds go (the round-robin service publishes them to the queue).
+    rounds: RoundOrders,
     /// Ad hoc requests already run, until their deletion reaches the view: the record is still
     /// visible meanwhile and must not run twice.
     adhoc_handled: HashSet<Key>,
@@ -138,6 +140,7 @@ impl SchedulerCore {
         view: Arc<ConfigView>,
         store: Arc<dyn Store>,
         dispatcher: Arc<Dispatcher>,
+        rounds: RoundOrders,
         telemetry: Arc<Telemetry>,
         default_zone: TimeZone,
     ) -> (SchedulerCore, Inbox) {
@@ -156,7 +159,7 @@ impl SchedulerCore {
             next_generation: 0,
             expanding: HashSet::new(),
             expansions,
-            round_robin_warned: HashSet::new(),
+            rounds,
             adhoc_handled: HashSet::new(),
             store_commands,
         };
@@ -300,7 +303,6 @@ impl SchedulerCore {
         if self.checks.remove(key).is_some() {
             tracing::debug!(namespace = %key.namespace, check = %key.name, "check unscheduled");
         }
-        self.round_robin_warned.remove(key);
     }
 
     fn is_current(&self, check: &CheckKey, generation: u64) -> bool {
@@ -318,10 +320,10 @@ impl SchedulerCore {
                     check,
                     generation,
                     target,
-                    frame,
+                    request,
                 } => {
                     if self.is_current(&check, generation) {
-                        self.deliver(&target, &frame);
+                        self.deliver(&target, *request);
                     }
                 }
             }
@@ -364,18 +366,18 @@ impl SchedulerCore {
         self.telemetry.checks_scheduled.inc();
         let target = Arc::new(Target {
             namespace: check.namespace.clone(),
-            check: check.name.clone(),
             subscriptions: config.subscriptions.clone(),
             distribution: if config.round_robin {
                 Distribution::RoundRobin
             } else {
                 Distribution::FanOut
             },
+            tick_ms,
         });
         let round = request::scheduled_round(&check.namespace, &check.name, tick_ms);
         let request = request::build(&self.view, &config, now_ms.div_euclid(1000), round);
         match &config.proxy_requests {
-            None => self.deliver(&target, &request::encode(request)),
+            None => self.deliver(&target, request),
             Some(proxy) => {
                 let window_ms = if proxy.splay {
                     let coverage = match proxy.splay_coverage {
@@ -412,7 +414,7 @@ impl SchedulerCore {
         let results = self.expansions.clone();
         let now_unix = now_ms.div_euclid(1000);
         tokio::spawn(async move {
-            let frames = tokio::task::spawn_blocking(move || {
+            let requests = tokio::task::spawn_blocking(move || {
                 request::expand_proxy(&template, &entities, now_unix)
             })
             .await
@@ -425,7 +427,7 @@ impl SchedulerCore {
                 .send(ProxyExpansion {
                     origin,
                     target,
-                    frames,
+                    requests,
                 })
                 .await;
         });
@@ -437,12 +439,12 @@ impl SchedulerCore {
         let ProxyExpansion {
             origin,
             target,
-            frames,
+            requests,
         } = expansion;
         match origin {
             Origin::Adhoc => {
-                for frame in frames {
-                    self.deliver(&target, &frame);
+                for request in requests {
+                    self.deliver(&target, request);
                 }
             }
             Origin::Scheduled {
@@ -455,11 +457,11 @@ impl SchedulerCore {
                 if !self.is_current(&check, generation) {
                     return;
                 }
-                let gap_ms = window_ms / frames.len().max(1) as i64;
-                for (i, frame) in frames.into_iter().enumerate() {
+                let gap_ms = window_ms / requests.len().max(1) as i64;
+                for (i, request) in requests.into_iter().enumerate() {
                     let due_ms = tick_ms + i as i64 * gap_ms;
                     if due_ms <= now_ms {
-                        self.deliver(&target, &frame);
+                        self.deliver(&target, request);
                     } else {
                         self.timers.push(
                             due_ms,
@@ -467,7 +469,7 @@ impl SchedulerCore {
                                 check: check.clone(),
                                 generation,
                                 target: target.clone(),
-                                frame,
+                                request: Box::new(request),
                             },
                         );
                     }
@@ -476,33 +478,24 @@ impl SchedulerCore {
         }
     }
 
-    fn deliver(&mut self, target: &Target, frame: &Frame) {
+    /// Sends one request: to every subscriber, or as one round-robin round per subscription.
+    fn deliver(&mut self, target: &Target, request: CheckRequest) {
         match target.distribution {
-            Distribution::FanOut => self.fan_out(target, frame),
-            Distribution::RoundRobin => {
-                // ROUND ROBIN HOOK. The next issue routes this branch through a queue so that
-                // exactly one connected subscriber runs each round. Until then a round-robin
-                // check fans out like any other.
-                let key = CheckKey {
-                    namespace: target.namespace.clone(),
-                    name: target.check.clone(),
-                };
-                if self.round_robin_warned.insert(key) {
-                    tracing::warn!(
-                        namespace = %target.namespace,
-                        check = %target.check,
-                        "round robin is not exclusive yet: every subscribed agent runs this check"
-                    );
-                }
-                self.fan_out(target, frame)
-            }
+            Distribution::FanOut => self.fan_out(target, request),
+            Distribution::RoundRobin => self.rounds.submit(RoundOrder {
+                namespace: target.namespace.clone(),
+                subscriptions: target.subscriptions.clone(),
+                tick_ms: target.tick_ms,
+                request,
+            }),
         }
     }
 
-    fn fan_out(&self, target: &Target, frame: &Frame) {
+    fn fan_out(&self, target: &Target, request: CheckRequest) {
+        let frame = request::encode(request);
         let delivery = self
             .dispatcher
-            .publish(&target.namespace, &target.subscriptions, frame);
+            .publish(&target.namespace, &target.subscriptions, &frame);
         self.telemetry
             .check_requests_sent
             .inc_by(delivery.delivered as u64);
@@ -512,7 +505,9 @@ impl SchedulerCore {
     }
 
     /// Runs the ad hoc request stored under `key` once (if the view still holds it) and asks
-    /// for its deletion. Ad hoc execution ignores `publish`, subdues and round robin.
+    /// for its deletion. Ad hoc execution ignores `publish` and subdues; a round-robin check
+    /// runs once per subscription on one agent, unless the request names its own
+    /// subscriptions (then every agent holding them runs it, as for any check).
     fn handle_adhoc(&mut self, key: &Key, now_ms: i64) {
         let Some(value) = self.view.get(key) else {
             self.adhoc_handled.remove(key); // its deletion arrived
@@ -544,20 +539,25 @@ impl SchedulerCore {
             reason = %record.reason,
             "running check on request"
         );
-        if !record.subscriptions.is_empty() {
+        let distribution = if !record.subscriptions.is_empty() {
             config.subscriptions = record.subscriptions;
-        }
+            Distribution::FanOut
+        } else if config.round_robin {
+            Distribution::RoundRobin
+        } else {
+            Distribution::FanOut
+        };
         self.telemetry.checks_scheduled.inc();
         let target = Arc::new(Target {
             namespace: namespace.to_owned(),
-            check: record.check.clone(),
             subscriptions: config.subscriptions.clone(),
-            distribution: Distribution::FanOut,
+            distribution,
+            tick_ms: now_ms,
         });
         let round = request::adhoc_round(namespace, &record.check, &key.name);
         let request = request::build(&self.view, &config, now_ms.div_euclid(1000), round);
         match config.proxy_requests {
-            None => self.deliver(&target, &request::encode(request)),
+            None => self.deliver(&target, request),
             Some(_) => self.expand(Origin::Adhoc, request, target, now_ms),
         }
     }

@@ -18,6 +18,7 @@ use super::state::{Inbox, SchedulerCore};
 use super::Scheduler;
 use crate::api::special::ADHOC_KIND;
 use crate::dispatch::{Dispatcher, Frame, SessionHandle};
+use crate::rounds::{RoundOrder, RoundOrders};
 use crate::telemetry::Telemetry;
 use crate::view::ConfigView;
 
@@ -31,6 +32,9 @@ struct Harness {
     view: Arc<ConfigView>,
     dispatcher: Arc<Dispatcher>,
     telemetry: Arc<Telemetry>,
+    /// Round-robin rounds the scheduler handed over (the round-robin service's input).
+    rounds: RoundOrders,
+    orders: std::sync::Mutex<mpsc::Receiver<RoundOrder>>,
     stop: CancellationToken,
 }
 
@@ -52,11 +56,15 @@ async fn harness(resources: Vec<(&str, &str, Value)>) -> Harness {
     let view = ConfigView::load(store.as_ref()).await.expect("view");
     let stop = CancellationToken::new();
     tokio::spawn(view.clone().follow(store.clone(), stop.clone()));
+    let telemetry = Arc::new(Telemetry::new());
+    let (rounds, orders) = RoundOrders::channel(telemetry.clone());
     Harness {
         store,
         view,
         dispatcher: Arc::new(Dispatcher::new()),
-        telemetry: Arc::new(Telemetry::new()),
+        telemetry,
+        rounds,
+        orders: std::sync::Mutex::new(orders),
         stop,
     }
 }
@@ -67,9 +75,16 @@ impl Harness {
             self.view.clone(),
             self.store.clone(),
             self.dispatcher.clone(),
+            self.rounds.clone(),
             self.telemetry.clone(),
             TimeZone::UTC,
         )
+    }
+
+    /// The round-robin rounds handed over so far.
+    fn round_orders(&self) -> Vec<RoundOrder> {
+        let mut orders = self.orders.lock().unwrap();
+        std::iter::from_fn(|| orders.try_recv().ok()).collect()
     }
 
     fn start(&self) {
@@ -77,6 +92,7 @@ impl Harness {
             self.view.clone(),
             self.store.clone(),
             self.dispatcher.clone(),
+            self.rounds.clone(),
             self.telemetry.clone(),
             self.stop.clone(),
         );
@@ -311,11 +327,14 @@ async fn unpublished_and_subdued_checks_do_not_fire() {
 }
 
 #[tokio::test]
-async fn round_robin_checks_fan_out_until_exclusive_delivery_lands() {
+async fn round_robin_rounds_go_to_the_round_queue_not_to_every_agent() {
     let h = harness(vec![(
         "checks",
         "rr",
-        check("rr", json!({"round_robin": true})),
+        check(
+            "rr",
+            json!({"round_robin": true, "subscriptions": ["linux", "zone-a"]}),
+        ),
     )])
     .await;
     let mut first = h.agent(1, "web-1", &["linux"]);
@@ -323,8 +342,58 @@ async fn round_robin_checks_fan_out_until_exclusive_delivery_lands() {
     let (mut core, _inbox) = h.core();
     core.sync_all(T0);
     core.run_due(T0 + 60_000);
-    assert_eq!(drain(&mut first).len(), 1);
-    assert_eq!(drain(&mut second).len(), 1);
+    assert!(drain(&mut first).is_empty() && drain(&mut second).is_empty());
+    let orders = h.round_orders();
+    assert_eq!(orders.len(), 1, "one order per round");
+    let order = &orders[0];
+    assert_eq!(order.subscriptions, ["linux", "zone-a"]);
+    assert!((T0..T0 + 60_000).contains(&order.tick_ms));
+    assert_eq!(
+        order.request.round,
+        format!("default/rr@{}", order.tick_ms),
+        "the round id carries the scheduled tick"
+    );
+}
+
+#[tokio::test]
+async fn adhoc_round_robin_runs_as_one_round_unless_subscriptions_are_given() {
+    let h = harness(vec![(
+        "checks",
+        "rr",
+        check("rr", json!({"round_robin": true, "publish": false})),
+    )])
+    .await;
+    let mut web = h.agent(1, "web-1", &["linux"]);
+    h.start();
+    h.put(
+        ADHOC_KIND,
+        "7c1d-once",
+        json!({"check": "rr", "subscriptions": [], "creator": "admin", "reason": "", "issued": 1_700_000_000}),
+    )
+    .await;
+    let orders = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let orders = h.round_orders();
+            if !orders.is_empty() {
+                return orders;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the ad hoc round reaches the round queue");
+    assert_eq!(orders[0].request.round, "default/rr@adhoc-7c1d-once");
+    assert!(drain(&mut web).is_empty());
+
+    // With subscriptions named in the request, every agent holding them runs it.
+    h.put(
+        ADHOC_KIND,
+        "9e2f-all",
+        json!({"check": "rr", "subscriptions": ["linux"], "creator": "admin", "reason": "", "issued": 1_700_000_000}),
+    )
+    .await;
+    let request = next_request(&mut web).await;
+    assert_eq!(request.round, "default/rr@adhoc-9e2f-all");
 }
 
 #[tokio::test]

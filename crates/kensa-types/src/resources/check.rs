@@ -262,6 +262,11 @@ check_structs! {
             /// The agent that executed the check (useful for proxy checks).
             #[serde(skip_serializing_if = "String::is_empty")]
             pub processed_by: String,
+            /// The round this result answers (`CheckRequest::round`; a Kensa extension, absent
+            /// from Sensu events): how the backend completes round-robin rounds and spots a
+            /// second execution of one round.
+            #[serde(skip_serializing_if = "String::is_empty")]
+            pub round: String,
         }
     }
 }

@@ -1,0 +1,405 @@
+//! Round ids and round records: what decides, across every backend, whether a round-robin
+//! round already ran.
+//!
+//! A round-robin round id is `<namespace>/<check>@<tick ms>[/<proxy entity>]#<subscription>`
+//! (`@adhoc-<id>` instead of the tick for ad hoc runs). Names never contain `/`, `@` or `#`, so
+//! the id parses back unambiguously.
+//!
+//! Each `(check, proxy entity, subscription)` keeps a ring of [`RING`] records in the store
+//! (kind [`KIND`], name `<check>[/<proxy>]#<subscription>/<slot>`), the slot being the round's
+//! tick counted in check periods modulo the ring size. A record says which round last used the
+//! slot and whether it was completed (by which agent, with which event) or reported missed,
+//! plus the second executions that arrived after completion. The ring bounds storage without a
+//! pruning job and is what the dashboard shows as "last rounds".
+//!
+//! Claims are compare-and-set writes on the slot (create, or replace at the read revision), so
+//! two backends storing results of the same round concurrently get exactly one winner.
+//! Invariant: a round is completed at most once; a result for a completed round is a duplicate
+//! unless it is the very event that completed it (an agent re-sending after a lost ack).
+
+use kensa_store::{Key, Precondition, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The store kind of round records.
+pub const KIND: &str = "kensa.rounds";
+/// Records kept per `(check, proxy entity, subscription)`.
+pub const RING: i64 = 64;
+/// Duplicates remembered on one record (the counter keeps counting).
+const MAX_DUPLICATES_KEPT: usize = 16;
+/// Compare-and-set attempts before giving up on a contended slot.
+const CAS_ATTEMPTS: usize = 8;
+
+/// A parsed round-robin round id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoundRef {
+    /// The whole id.
+    pub id: String,
+    pub namespace: String,
+    pub check: String,
+    /// The scheduled tick (Unix ms); `None` for an ad hoc run.
+    pub tick_ms: Option<i64>,
+    /// The ad hoc request id, for ad hoc runs.
+    pub adhoc: Option<String>,
+    pub proxy_entity: Option<String>,
+    pub subscription: String,
+}
+
+impl RoundRef {
+    /// Parses a round-robin round id; `None` for any other round (fan-out checks carry a
+    /// round without `#<subscription>`).
+    pub fn parse(id: &str) -> Option<RoundRef> {
+        let (base, subscription) = id.split_once('#')?;
+        let (namespace, rest) = base.split_once('/')?;
+        let (check, after) = rest.split_once('@')?;
+        let (when, proxy) = match after.split_once('/') {
+            Some((when, proxy)) => (when, Some(proxy.to_owned())),
+            None => (after, None),
+        };
+        let (tick_ms, adhoc) = match when.strip_prefix("adhoc-") {
+            Some(request) => (None, Some(request.to_owned())),
+            None => (Some(when.parse().ok()?), None),
+        };
+        if namespace.is_empty() || check.is_empty() || subscription.is_empty() {
+            return None;
+        }
+        Some(RoundRef {
+            id: id.to_owned(),
+            namespace: namespace.to_owned(),
+            check: check.to_owned(),
+            tick_ms,
+            adhoc,
+            proxy_entity: proxy,
+            subscription: subscription.to_owned(),
+        })
+    }
+
+    /// The round-robin id of `base` (a scheduler round id) for one subscription.
+    pub fn id_for(base: &str, subscription: &str) -> String {
+        format!("{base}#{subscription}")
+    }
+
+    /// The store key of this round's slot; `period_ms` is the check's interval (or a minute
+    /// for cron checks).
+    pub fn slot_key(&self, period_ms: i64) -> Key {
+        let slot = match (self.tick_ms, &self.adhoc) {
+            (Some(tick), _) => format!("{:02}", (tick / period_ms.max(1)).rem_euclid(RING)),
+            (None, adhoc) => format!(
+                "adhoc-{:02}",
+                stable_hash(adhoc.as_deref().unwrap_or("")) % 16
+            ),
+        };
+        let series = match &self.proxy_entity {
+            Some(proxy) => format!("{}/{proxy}", self.check),
+            None => self.check.clone(),
+        };
+        Key::new(
+            KIND,
+            &self.namespace,
+            format!("{series}#{}/{slot}", self.subscription),
+        )
+    }
+}
+
+/// The period a check's rounds are counted in: its interval, or a minute for cron checks.
+pub fn period_ms(interval_seconds: u64) -> i64 {
+    match interval_seconds {
+        0 => 60_000,
+        seconds => seconds as i64 * 1000,
+    }
+}
+
+fn stable_hash(text: &str) -> u64 {
+    // FNV-1a: the same on every backend and every build (unlike the std hasher's seed).
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a slot records about its round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoundRecord {
+    pub round: String,
+    /// `completed` or `missed`.
+    pub state: String,
+    /// The scheduled tick (Unix ms), 0 for ad hoc rounds.
+    pub tick: i64,
+    /// The agent whose result completed the round.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub entity: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub event_id: String,
+    pub status: u32,
+    /// When the completing result was executed (Unix seconds).
+    pub executed: i64,
+    /// When the backend stored the completion / reported the miss (Unix ms).
+    pub recorded_at: i64,
+    /// Whether the round was reported missed before its result finally arrived.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+    /// Second executions that arrived after completion (at most a few kept).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<Duplicate>,
+    pub duplicate_count: u64,
+}
+
+pub const COMPLETED: &str = "completed";
+pub const MISSED: &str = "missed";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Duplicate {
+    pub entity: String,
+    pub event_id: String,
+    pub status: u32,
+    pub executed: i64,
+    pub recorded_at: i64,
+}
+
+/// The result asking to complete a round.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub entity: String,
+    pub event_id: String,
+    pub status: u32,
+    pub executed: i64,
+    pub now_ms: i64,
+}
+
+/// What claiming a round decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This result completes the round (or is the re-sent event that already did).
+    First,
+    /// Completes a round that was already reported missed.
+    Late,
+    /// The round was completed by another execution: store nothing, handle nothing.
+    Duplicate,
+}
+
+/// What reporting a round missed decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// This caller recorded the miss and must raise the event.
+    Recorded,
+    /// Another backend already recorded it.
+    AlreadyRecorded,
+    /// The round was completed after all.
+    Completed,
+}
+
+/// Claims `round` for `result` (see the module comment).
+pub async fn claim(
+    store: &dyn Store,
+    round: &RoundRef,
+    period_ms: i64,
+    result: &Completion,
+) -> Result<Claim, StoreError> {
+    let key = round.slot_key(period_ms);
+    for _ in 0..CAS_ATTEMPTS {
+        let current = store.get(&key).await?;
+        let (mut record, precondition) = match &current {
+            Some(stored) => (
+                decode(&stored.value),
+                Precondition::Revision(stored.revision),
+            ),
+            None => (RoundRecord::default(), Precondition::None),
+        };
+        let claim = if record.round == round.id {
+            match record.state.as_str() {
+                COMPLETED if record.event_id == result.event_id => return Ok(Claim::First),
+                COMPLETED => {
+                    record.duplicate_count += 1;
+                    if record.duplicates.len() < MAX_DUPLICATES_KEPT {
+                        record.duplicates.push(Duplicate {
+                            entity: result.entity.clone(),
+                            event_id: result.event_id.clone(),
+                            status: result.status,
+                            executed: result.executed,
+                            recorded_at: result.now_ms,
+                        });
+                    }
+                    Claim::Duplicate
+                }
+                _ => {
+                    record.complete(result);
+                    record.late = true;
+                    Claim::Late
+                }
+            }
+        } else {
+            record = RoundRecord {
+                round: round.id.clone(),
+                tick: round.tick_ms.unwrap_or(0),
+                ..RoundRecord::default()
+            };
+            record.complete(result);
+            Claim::First
+        };
+        match write(store, &key, &record, current.is_none(), precondition).await {
+            Ok(()) => return Ok(claim),
+            Err(StoreError::AlreadyExists(_) | StoreError::Conflict(_)) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{key}: too much contention on the round record"
+    )))
+}
+
+/// Records `round` as missed unless it was completed (see [`Miss`]).
+pub async fn mark_missed(
+    store: &dyn Store,
+    round: &RoundRef,
+    period_ms: i64,
+    now_ms: i64,
+) -> Result<Miss, StoreError> {
+    let key = round.slot_key(period_ms);
+    for _ in 0..CAS_ATTEMPTS {
+        let current = store.get(&key).await?;
+        let precondition = match &current {
+            Some(stored) => {
+                let record = decode(&stored.value);
+                if record.round == round.id {
+                    return Ok(if record.state == COMPLETED {
+                        Miss::Completed
+                    } else {
+                        Miss::AlreadyRecorded
+                    });
+                }
+                Precondition::Revision(stored.revision)
+            }
+            None => Precondition::None,
+        };
+        let record = RoundRecord {
+            round: round.id.clone(),
+            state: MISSED.to_owned(),
+            tick: round.tick_ms.unwrap_or(0),
+            recorded_at: now_ms,
+            ..RoundRecord::default()
+        };
+        match write(store, &key, &record, current.is_none(), precondition).await {
+            Ok(()) => return Ok(Miss::Recorded),
+            Err(StoreError::AlreadyExists(_) | StoreError::Conflict(_)) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{key}: too much contention on the round record"
+    )))
+}
+
+/// Whether `round` was completed, from its slot.
+pub async fn is_completed(
+    store: &dyn Store,
+    round: &RoundRef,
+    period_ms: i64,
+) -> Result<bool, StoreError> {
+    let key = round.slot_key(period_ms);
+    Ok(store.get(&key).await?.is_some_and(|stored| {
+        let record = decode(&stored.value);
+        record.round == round.id && record.state == COMPLETED
+    }))
+}
+
+impl RoundRecord {
+    fn complete(&mut self, result: &Completion) {
+        self.state = COMPLETED.to_owned();
+        self.entity = result.entity.clone();
+        self.event_id = result.event_id.clone();
+        self.status = result.status;
+        self.executed = result.executed;
+        self.recorded_at = result.now_ms;
+    }
+}
+
+pub fn decode(value: &Value) -> RoundRecord {
+    serde_json::from_value(value.clone()).unwrap_or_default()
+}
+
+async fn write(
+    store: &dyn Store,
+    key: &Key,
+    record: &RoundRecord,
+    create: bool,
+    precondition: Precondition,
+) -> Result<(), StoreError> {
+    let value =
+        serde_json::to_value(record).map_err(|err| StoreError::Internal(err.to_string()))?;
+    if create {
+        store.create(key, &value).await.map(drop)
+    } else {
+        store.put(key, &value, precondition).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_ids_parse_back() {
+        let cases = [
+            (
+                "default/ping@1700000000000#zone-a",
+                Some((
+                    "default",
+                    "ping",
+                    Some(1_700_000_000_000),
+                    None,
+                    None,
+                    "zone-a",
+                )),
+            ),
+            (
+                "ops/http@1700000000000/router-1#entity:web-1",
+                Some((
+                    "ops",
+                    "http",
+                    Some(1_700_000_000_000),
+                    None,
+                    Some("router-1"),
+                    "entity:web-1",
+                )),
+            ),
+            (
+                "default/ping@adhoc-4f2a#linux",
+                Some(("default", "ping", None, Some("4f2a"), None, "linux")),
+            ),
+            ("default/ping@1700000000000", None), // fan-out round
+            ("default/ping@soon#linux", None),
+            ("ping@1#linux", None),
+        ];
+        for (id, expected) in cases {
+            let parsed = RoundRef::parse(id);
+            let got = parsed.as_ref().map(|r| {
+                (
+                    r.namespace.as_str(),
+                    r.check.as_str(),
+                    r.tick_ms,
+                    r.adhoc.as_deref(),
+                    r.proxy_entity.as_deref(),
+                    r.subscription.as_str(),
+                )
+            });
+            assert_eq!(got, expected, "{id}");
+        }
+    }
+
+    #[test]
+    fn consecutive_rounds_use_distinct_slots_for_a_whole_ring() {
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..RING {
+            let tick = 1_700_000_000_000 + n * 10_000;
+            let round = RoundRef::parse(&format!("default/ping@{tick}#linux")).unwrap();
+            assert!(seen.insert(round.slot_key(10_000).name));
+        }
+        let wrapped = RoundRef::parse(&format!(
+            "default/ping@{}#linux",
+            1_700_000_000_000 + RING * 10_000
+        ))
+        .unwrap();
+        assert!(seen.contains(&wrapped.slot_key(10_000).name));
+    }
+}
