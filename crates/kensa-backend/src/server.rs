@@ -159,6 +159,7 @@ pub async fn run(
         agentd.clone().follow_entities(shutdown.child_token()),
     ));
     let (round_orders, round_orders_rx) = RoundOrders::channel(telemetry.clone());
+    let queue_handle = queue.clone();
     let (rounds, rounds_tasks) = RoundRobin::start(
         queue,
         store.clone(),
@@ -196,6 +197,7 @@ pub async fn run(
         telemetry,
         eventd,
         outcomes,
+        queue: queue_handle,
     };
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     if config.local_agent {

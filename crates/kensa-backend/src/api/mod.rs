@@ -53,6 +53,8 @@ pub struct AppState {
     pub eventd: crate::eventd::Eventd,
     /// The last pipeline outcomes per event (for the dashboard).
     pub outcomes: Arc<crate::pipelined::RecentOutcomes>,
+    /// The round-robin queue (its health is part of `/health`).
+    pub queue: Arc<dyn kensa_queue::WorkQueue>,
 }
 
 pub fn router(state: AppState) -> Router {

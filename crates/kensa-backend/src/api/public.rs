@@ -15,16 +15,27 @@ use crate::telemetry::HttpLabels;
 pub const SENSU_COMPATIBLE_VERSION: &str = "6.14.0";
 
 pub async fn health(State(state): State<AppState>) -> Response {
-    let (healthy, err) = match state.store.ping().await {
+    let (store_healthy, store_err) = match state.store.ping().await {
         Ok(()) => (true, String::new()),
         Err(err) => (false, err.to_string()),
     };
+    let (queue_healthy, queue_err) = match state.queue.ping().await {
+        Ok(()) => (true, String::new()),
+        Err(err) => (false, err.to_string()),
+    };
+    let healthy = store_healthy && queue_healthy;
+    let err = [store_err.as_str(), queue_err.as_str()]
+        .into_iter()
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "kensa-backend".to_owned());
     let body = json!({
         "Alarms": null,
         "ClusterHealth": [{"MemberID": 0, "MemberIDHex": "0", "Name": hostname, "Err": err, "Healthy": healthy}],
         "Header": {"cluster_id": 0, "member_id": 0, "raft_term": 0},
-        "StoreHealth": {"Healthy": healthy, "Err": err},
+        "StoreHealth": {"Healthy": store_healthy, "Err": store_err},
+        "QueueHealth": {"Kind": state.queue.kind(), "Healthy": queue_healthy, "Err": queue_err},
     });
     let status = if healthy {
         StatusCode::OK

@@ -402,4 +402,131 @@ mod tests {
         .unwrap();
         assert!(seen.contains(&wrapped.slot_key(10_000).name));
     }
+    fn result(entity: &str, event_id: &str) -> Completion {
+        Completion {
+            entity: entity.into(),
+            event_id: event_id.into(),
+            status: 0,
+            executed: 1_700_000_000,
+            now_ms: 1_700_000_000_500,
+        }
+    }
+
+    async fn store() -> std::sync::Arc<dyn Store> {
+        std::sync::Arc::new(
+            kensa_store::sqlite::SqliteStore::open_in_memory()
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_first_result_completes_a_round_and_later_ones_are_duplicates() {
+        let store = store().await;
+        let round = RoundRef::parse("default/ping@1700000000000#zone").unwrap();
+        let cases = [
+            (result("a", "e1"), Claim::First),
+            (result("a", "e1"), Claim::First), // the same event re-sent after a lost ack
+            (result("b", "e2"), Claim::Duplicate),
+            (result("c", "e3"), Claim::Duplicate),
+        ];
+        for (completion, expected) in cases {
+            let claim = claim(store.as_ref(), &round, 10_000, &completion)
+                .await
+                .unwrap();
+            assert_eq!(claim, expected, "{completion:?}");
+        }
+        let stored = store.get(&round.slot_key(10_000)).await.unwrap().unwrap();
+        let record = decode(&stored.value);
+        assert_eq!(
+            (record.state.as_str(), record.entity.as_str()),
+            (COMPLETED, "a")
+        );
+        assert_eq!(record.duplicate_count, 2);
+        assert_eq!(
+            record
+                .duplicates
+                .iter()
+                .map(|d| d.entity.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert!(is_completed(store.as_ref(), &round, 10_000).await.unwrap());
+        // The next round reuses nothing of it.
+        let next = RoundRef::parse("default/ping@1700000010000#zone").unwrap();
+        assert!(!is_completed(store.as_ref(), &next, 10_000).await.unwrap());
+        assert_eq!(
+            claim(store.as_ref(), &next, 10_000, &result("b", "e4"))
+                .await
+                .unwrap(),
+            Claim::First
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missed_round_is_recorded_once_and_a_late_result_still_completes_it() {
+        let store = store().await;
+        let round = RoundRef::parse("default/ping@1700000000000#zone").unwrap();
+        assert_eq!(
+            mark_missed(store.as_ref(), &round, 10_000, 1)
+                .await
+                .unwrap(),
+            Miss::Recorded
+        );
+        assert_eq!(
+            mark_missed(store.as_ref(), &round, 10_000, 2)
+                .await
+                .unwrap(),
+            Miss::AlreadyRecorded,
+            "a second backend does not raise it again"
+        );
+        assert_eq!(
+            claim(store.as_ref(), &round, 10_000, &result("a", "e1"))
+                .await
+                .unwrap(),
+            Claim::Late
+        );
+        assert_eq!(
+            mark_missed(store.as_ref(), &round, 10_000, 3)
+                .await
+                .unwrap(),
+            Miss::Completed
+        );
+        let record = decode(
+            &store
+                .get(&round.slot_key(10_000))
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+        );
+        assert!(record.late);
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_of_one_round_have_exactly_one_winner() {
+        let store = store().await;
+        let round = RoundRef::parse("default/ping@1700000000000#zone").unwrap();
+        let claims = futures::future::join_all((0..8).map(|i| {
+            let store = store.clone();
+            let round = round.clone();
+            async move {
+                claim(
+                    store.as_ref(),
+                    &round,
+                    10_000,
+                    &result(&format!("agent-{i}"), &format!("e{i}")),
+                )
+                .await
+                .unwrap()
+            }
+        }))
+        .await;
+        assert_eq!(
+            claims.iter().filter(|c| **c == Claim::First).count(),
+            1,
+            "{claims:?}"
+        );
+        assert_eq!(claims.iter().filter(|c| **c == Claim::Duplicate).count(), 7);
+    }
 }
