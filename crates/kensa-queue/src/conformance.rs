@@ -116,6 +116,9 @@ pub const CASES: &[(&str, Case)] = &[
     ("invalid_input_is_refused", |h| {
         Box::pin(invalid_input_is_refused(h))
     }),
+    ("later_settings_apply_to_the_group", |h| {
+        Box::pin(later_settings_apply_to_the_group(h))
+    }),
 ];
 
 /// Runs the case called `name` on `fixture` (`None`: the implementation is not available here,
@@ -187,6 +190,7 @@ macro_rules! queue_conformance_tests {
             waiting_consumers_share_fairly,
             messages_survive_a_reopen,
             invalid_input_is_refused,
+            later_settings_apply_to_the_group,
         );
     };
 }
@@ -215,7 +219,11 @@ async fn publish_next_ack(h: Harness) {
     let group = group();
     publish_new(queue, &group, "check-1", "run check-1").await;
     let consumer = queue.consumer(&group, settings()).await.unwrap();
-    let delivery = consumer.next(EXPECT_WAIT).await.unwrap().expect("a message");
+    let delivery = consumer
+        .next(EXPECT_WAIT)
+        .await
+        .unwrap()
+        .expect("a message");
     assert_eq!(delivery.msg_id, "check-1");
     assert_eq!(delivery.payload, Bytes::from("run check-1"));
     assert_eq!(delivery.attempt, 1);
@@ -236,7 +244,11 @@ async fn ack_removes_the_message(h: Harness) {
     let group = group();
     publish_new(queue, &group, "m", "x").await;
     let consumer = queue.consumer(&group, settings()).await.unwrap();
-    let delivery = consumer.next(EXPECT_WAIT).await.unwrap().expect("a message");
+    let delivery = consumer
+        .next(EXPECT_WAIT)
+        .await
+        .unwrap()
+        .expect("a message");
     delivery.ack().await.unwrap();
     // Well past the ack wait: an acked message never comes back.
     let again = consumer.next(ACK_WAIT * 2).await.unwrap();
@@ -275,7 +287,10 @@ async fn duplicate_ids_are_stored_once(h: Harness) {
         .publish(&group, "tick-1", Bytes::from("fourth"))
         .await
         .unwrap();
-    assert!(after_ack.duplicate, "same id within the window after its ack");
+    assert!(
+        after_ack.duplicate,
+        "same id within the window after its ack"
+    );
     let none = consumer.next(QUIET_WAIT).await.unwrap();
     assert!(none.is_none(), "a duplicate was delivered: {none:?}");
     let stats = queue.stats();
@@ -340,7 +355,10 @@ async fn progress_keeps_the_lock(h: Harness) {
         tokio::time::sleep(ACK_WAIT / 4).await;
     }
     let stolen = competitor.await.unwrap().unwrap();
-    assert!(stolen.is_none(), "progressed message redelivered: {stolen:?}");
+    assert!(
+        stolen.is_none(),
+        "progressed message redelivered: {stolen:?}"
+    );
     assert_eq!(delivery.attempt, 1);
     delivery.ack().await.unwrap();
     assert_eq!(queue.depth(&group).await.unwrap(), 0);
@@ -360,9 +378,16 @@ async fn nak_redelivers_after_the_delay(h: Harness) {
     // A delayed message does not hold up the ones behind it.
     let second = consumer.next(EXPECT_WAIT).await.unwrap().expect("second");
     assert_eq!(second.msg_id, "second");
-    assert!(nacked_at.elapsed() < delay, "second message waited for the delay");
+    assert!(
+        nacked_at.elapsed() < delay,
+        "second message waited for the delay"
+    );
     second.ack().await.unwrap();
-    let again = consumer.next(EXPECT_WAIT).await.unwrap().expect("redelivery");
+    let again = consumer
+        .next(EXPECT_WAIT)
+        .await
+        .unwrap()
+        .expect("redelivery");
     assert!(
         nacked_at.elapsed() + EARLY_SLACK >= delay,
         "redelivered after {:?}, before the nak delay",
@@ -420,7 +445,11 @@ async fn term_removes_the_message(h: Harness) {
     let group = group();
     publish_new(queue, &group, "stale", "x").await;
     let consumer = queue.consumer(&group, settings()).await.unwrap();
-    let delivery = consumer.next(EXPECT_WAIT).await.unwrap().expect("a message");
+    let delivery = consumer
+        .next(EXPECT_WAIT)
+        .await
+        .unwrap()
+        .expect("a message");
     delivery.term().await.unwrap();
     let none = consumer.next(ACK_WAIT * 2).await.unwrap();
     assert!(none.is_none(), "terminated message redelivered: {none:?}");
@@ -443,7 +472,11 @@ async fn groups_are_isolated(h: Harness) {
     }
     for (index, group) in groups.iter().enumerate() {
         let consumer = queue.consumer(group, settings()).await.unwrap();
-        let delivery = consumer.next(EXPECT_WAIT).await.unwrap().expect("a message");
+        let delivery = consumer
+            .next(EXPECT_WAIT)
+            .await
+            .unwrap()
+            .expect("a message");
         assert_eq!(delivery.payload, Bytes::from(format!("payload {index}")));
         assert!(consumer.next(QUIET_WAIT).await.unwrap().is_none());
         delivery.ack().await.unwrap();
@@ -463,8 +496,16 @@ async fn depth_counts_queued_and_in_flight(h: Harness) {
     }
     assert_eq!(queue.depth(&group).await.unwrap(), 3);
     let consumer = queue.consumer(&group, settings()).await.unwrap();
-    let delivery = consumer.next(EXPECT_WAIT).await.unwrap().expect("a message");
-    assert_eq!(queue.depth(&group).await.unwrap(), 3, "in flight still counts");
+    let delivery = consumer
+        .next(EXPECT_WAIT)
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(
+        queue.depth(&group).await.unwrap(),
+        3,
+        "in flight still counts"
+    );
     delivery.ack().await.unwrap();
     assert_eq!(queue.depth(&group).await.unwrap(), 2);
 }
@@ -565,7 +606,10 @@ async fn invalid_input_is_refused(h: Harness) {
         "empty msg_id",
     );
     invalid(
-        queue.publish(&group, "a\nb", Bytes::new()).await.map(|_| ()),
+        queue
+            .publish(&group, "a\nb", Bytes::new())
+            .await
+            .map(|_| ()),
         "msg_id with a newline",
     );
     invalid(
@@ -591,4 +635,24 @@ async fn invalid_input_is_refused(h: Harness) {
         queue.consumer(&group, no_wait).await.map(|_| ()),
         "ack_wait 0",
     );
+}
+
+async fn later_settings_apply_to_the_group(h: Harness) {
+    let queue = h.queue.as_ref();
+    let group = group();
+    let first = queue.consumer(&group, settings()).await.unwrap();
+    let longer = ConsumerSettings {
+        ack_wait: ACK_WAIT * 3,
+        max_deliver: 5,
+    };
+    let second = queue.consumer(&group, longer).await.unwrap();
+    publish_new(queue, &group, "m", "x").await;
+    let delivery = first.next(EXPECT_WAIT).await.unwrap().expect("a message");
+    // Locked for the longer ack wait now, whichever handle received it.
+    let other = second.next(ACK_WAIT * 2).await.unwrap();
+    assert!(
+        other.is_none(),
+        "redelivered before the new ack wait: {other:?}"
+    );
+    delivery.ack().await.unwrap();
 }

@@ -249,7 +249,10 @@ async fn load_records(store: &dyn Store) -> Result<Vec<(String, Record)>, QueueE
             match serde_json::from_value::<Record>(item.value) {
                 Ok(record) => records.push((item.key.name, record)),
                 Err(err) => {
-                    tracing::warn!(name = item.key.name, "skipping unreadable queue message: {err}")
+                    tracing::warn!(
+                        name = item.key.name,
+                        "skipping unreadable queue message: {err}"
+                    )
                 }
             }
         }
@@ -280,7 +283,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves maps that are still individually consistent;
         // keep serving rather than poisoning every later call.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn run_store_ops(&self, ops: Vec<StoreOp>) -> Result<(), QueueError> {
@@ -327,7 +332,9 @@ impl Shared {
                     break;
                 }
                 group_state.in_flight.pop_first();
-                let settings = group_state.settings.expect("a delivered group has settings");
+                let settings = group_state
+                    .settings
+                    .expect("a delivered group has settings");
                 let Some(message) = group_state.messages.get_mut(&seq) else {
                     continue;
                 };
@@ -602,6 +609,8 @@ impl Consumer for InProcessConsumer {
             let waiter_id = state.next_waiter;
             let (tx, rx) = oneshot::channel();
             let group_state = state.groups.entry(self.group.clone()).or_default();
+            // Forget waiters whose `next` call was dropped, so they do not pile up.
+            group_state.waiters.retain(|waiter| !waiter.tx.is_closed());
             group_state.waiters.push_back(Waiter { id: waiter_id, tx });
             group_state.dispatch(Instant::now(), &mut state.next_lease, &shared.counters);
             (waiter_id, rx)
@@ -717,17 +726,16 @@ impl Acker for InProcessAcker {
                 unreachable!("checked in flight");
             };
             group_state.in_flight.remove(&(deadline, seq));
-            let settings = group_state.settings.expect("a delivered group has settings");
+            let settings = group_state
+                .settings
+                .expect("a delivered group has settings");
             if message.attempts >= settings.max_deliver {
                 return group_state.exhaust(group, seq, now, counters);
             }
             let available_at = now + delay;
             message.status = Status::Ready { available_at };
             group_state.ready.insert((available_at, seq));
-            let op = StoreOp::Update(
-                message.store_name.clone(),
-                Record::new(group, seq, message),
-            );
+            let op = StoreOp::Update(message.store_name.clone(), Record::new(group, seq, message));
             group_state.dispatch(now, next_lease, counters);
             op
         });
@@ -743,7 +751,9 @@ impl Acker for InProcessAcker {
     async fn progress(&self) -> Result<(), QueueError> {
         let seq = self.seq;
         self.with_lock(|_, group_state, _, _| {
-            let settings = group_state.settings.expect("a delivered group has settings");
+            let settings = group_state
+                .settings
+                .expect("a delivered group has settings");
             let message = group_state.messages.get_mut(&seq).expect("checked");
             let Status::InFlight { deadline, lease } = message.status else {
                 unreachable!("checked in flight");
@@ -826,9 +836,17 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
         let queue = InProcessQueue::open(store).await.unwrap();
         let consumer = queue.consumer(&group, settings).await.unwrap();
-        let first = consumer.next(Duration::from_secs(1)).await.unwrap().unwrap();
+        let first = consumer
+            .next(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((first.msg_id.as_str(), &first.payload), ("bin", &binary));
-        let second = consumer.next(Duration::from_secs(1)).await.unwrap().unwrap();
+        let second = consumer
+            .next(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(second.payload, Bytes::from("héllo"));
         first.ack().await.unwrap();
         second.ack().await.unwrap();

@@ -81,7 +81,9 @@ struct GroupConsumer {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unavailable(what: impl std::fmt::Display, err: impl std::fmt::Display) -> QueueError {
@@ -209,9 +211,7 @@ impl JetStreamQueue {
             .send_publish(subject.to_string(), message)
             .await
             .map_err(|err| (err.kind(), err.to_string()))?;
-        let ack = pending
-            .await
-            .map_err(|err| (err.kind(), err.to_string()))?;
+        let ack = pending.await.map_err(|err| (err.kind(), err.to_string()))?;
         Ok(ack.duplicate)
     }
 }
@@ -372,8 +372,8 @@ impl GroupConsumer {
                     .await
             }
         };
-        let consumer = created
-            .map_err(|err| unavailable(format!("consumer {}", self.durable), err))?;
+        let consumer =
+            created.map_err(|err| unavailable(format!("consumer {}", self.durable), err))?;
         *lock(&self.handle) = Some(consumer.clone());
         Ok(consumer)
     }
@@ -659,8 +659,11 @@ mod tests {
             move || {
                 let (url, stream) = (url.clone(), stream.clone());
                 Box::pin(async move {
-                    Arc::new(JetStreamQueue::connect(&url, &stream).await.expect("reconnect"))
-                        as Arc<dyn WorkQueue>
+                    Arc::new(
+                        JetStreamQueue::connect(&url, &stream)
+                            .await
+                            .expect("reconnect"),
+                    ) as Arc<dyn WorkQueue>
                 })
             },
             async move { drop(guard) },
@@ -830,7 +833,10 @@ mod tests {
                 Ok(None) => {}
                 Err(err) => eprintln!("while the server restarts: {err}"),
             }
-            assert!(Instant::now() < give_up, "message not redelivered after restart");
+            assert!(
+                Instant::now() < give_up,
+                "message not redelivered after restart"
+            );
         };
         assert_eq!(redelivered.msg_id, "before");
         assert_eq!(redelivered.payload, Bytes::from("run me"));
