@@ -136,6 +136,10 @@ pub struct AgentsArgs {
     pub backend_pid: Option<u32>,
     #[arg(long, default_value_t = 100)]
     pub rss_interval_ms: u64,
+    /// Answer every check request at once with a canned OK result carrying the request's
+    /// round (what round-robin benchmarks measure); with `--checks 0` agents send nothing else.
+    #[arg(long)]
+    pub answer_requests: bool,
     /// A name for this run in the report, such as the store ("sqlite", "postgres").
     #[arg(long, default_value = "")]
     pub label: String,
@@ -215,6 +219,7 @@ struct Plan {
     /// `None`: never re-send within the session.
     resend_after: Option<Duration>,
     status_mix: StatusMix,
+    answer_requests: bool,
 }
 
 /// Totals that the timeline samples while agents run.
@@ -251,6 +256,11 @@ struct AgentReport {
     unacked: u64,
     keepalives: u64,
     check_requests: u64,
+    /// Requests answered (`--answer-requests`).
+    answered: u64,
+    /// For requests received inside the measurement window whose round carries a tick: from
+    /// the scheduled tick to the request's arrival (milliseconds).
+    dispatch_ms: Vec<i64>,
     /// Ack latencies of acknowledgements received inside the measurement window.
     latencies: Vec<Duration>,
     /// Why the session ended before the agent was done, if it did.
@@ -270,7 +280,10 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<Value> {
 /// that points at it).
 async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<Value> {
     ensure!(args.agents > 0, "--agents must be > 0");
-    ensure!(args.checks > 0, "--checks must be > 0");
+    ensure!(
+        args.checks > 0 || args.answer_requests,
+        "--checks must be > 0 (or 0 with --answer-requests)"
+    );
     ensure!(args.window > 0, "--window must be > 0");
     ensure!(args.rate >= 0.0, "--rate must be >= 0");
     ensure!(
@@ -332,6 +345,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
         keepalive_warning_timeout: args.keepalive_warning_timeout,
         resend_after: (args.resend_after > 0.0).then(|| secs(args.resend_after)),
         status_mix: args.status_mix.clone(),
+        answer_requests: args.answer_requests,
     });
     let counters = Arc::new(Counters::default());
     let handled = || sink.as_ref().map_or(0, Sink::handled);
@@ -366,7 +380,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
     while let Some(report) = tasks.join_next().await {
         reports.push(report.context("agent task panicked")?);
     }
-    let total = merge(reports);
+    let mut total = merge(reports);
     // Deliveries lag acknowledgements (pipelines run after the commit): give them the rest of
     // the drain time to arrive.
     if let Some(sink) = &sink {
@@ -451,6 +465,8 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
             "handled": sink.as_ref().map(Sink::handled),
             "keepalives_sent": total.keepalives,
             "check_requests_received": total.check_requests,
+            "check_requests_answered": total.answered,
+            "dispatch_latency_ms": dispatch_summary(&mut total.dispatch_ms),
             "sessions_ended_early": total.errors.len(),
             "session_errors": sample_errors(total.errors),
         },
@@ -712,7 +728,24 @@ async fn drive(
                             }
                         }
                     }
-                    BackendMessage::CheckRequest(_) => report.check_requests += 1,
+                    BackendMessage::CheckRequest(request) => {
+                        report.check_requests += 1;
+                        let received = Instant::now();
+                        if received >= plan.measure_from && received < plan.send_until {
+                            if let Some(tick) = round_tick(&request.round) {
+                                report.dispatch_ms.push(crate::client::unix_now_ms() - tick);
+                            }
+                        }
+                        if plan.answer_requests {
+                            let id = Uuid::new_v4();
+                            let frame = Bytes::from(answer(&identity, &request, id)?);
+                            write.send(Message::Binary(frame.clone())).await.context("answering a check request")?;
+                            pending.insert(id, Pending { first_sent: received, last_sent: received, frame });
+                            report.answered += 1;
+                            report.sent += 1;
+                            counters.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     BackendMessage::EntityConfig(_) => {}
                 }
             }
@@ -734,7 +767,7 @@ async fn drive(
                     report.resent += resent;
                 }
             }
-            _ = send_gate, if sending && room > 0 => {
+            _ = send_gate, if sending && room > 0 && checks > 0 => {
                 let now = Instant::now();
                 let due = if plan.agent_rate > 0.0 {
                     let elapsed = now.saturating_duration_since(plan.start + offset).as_secs_f64();
@@ -777,6 +810,8 @@ struct Total {
     unacked: u64,
     keepalives: u64,
     check_requests: u64,
+    answered: u64,
+    dispatch_ms: Vec<i64>,
     latencies: Vec<Duration>,
     errors: Vec<String>,
 }
@@ -791,6 +826,8 @@ fn merge(reports: Vec<AgentReport>) -> Total {
         unacked: 0,
         keepalives: 0,
         check_requests: 0,
+        answered: 0,
+        dispatch_ms: Vec::new(),
         latencies: Vec::new(),
         errors: Vec::new(),
     };
@@ -802,6 +839,8 @@ fn merge(reports: Vec<AgentReport>) -> Total {
         total.unacked += report.unacked;
         total.keepalives += report.keepalives;
         total.check_requests += report.check_requests;
+        total.answered += report.answered;
+        total.dispatch_ms.extend(report.dispatch_ms);
         total.latencies.extend(report.latencies);
         for reason in report.rejections {
             if total.rejections.len() < ERROR_SAMPLES && !total.rejections.contains(&reason) {
@@ -865,3 +904,47 @@ fn progress(message: std::fmt::Arguments<'_>) {
 
 #[cfg(test)]
 mod tests;
+
+/// The scheduled tick (Unix ms) in a round id `<ns>/<check>@<tick>[/<proxy>][#<subscription>]`.
+fn round_tick(round: &str) -> Option<i64> {
+    let after = round.split_once('@')?.1;
+    after.split(['#', '/']).next()?.parse().ok()
+}
+
+/// The canned OK result of `request`, as a real agent would send it.
+fn answer(
+    identity: &AgentIdentity,
+    request: &kensa_proto::CheckRequest,
+    id: Uuid,
+) -> anyhow::Result<Vec<u8>> {
+    let mut check = serde_json::to_value(kensa_types::resources::check::Check::from(
+        request.config.clone(),
+    ))?;
+    let now = unix_now();
+    check["status"] = json!(0);
+    check["output"] = json!("OK: canned loadgen result\n");
+    check["executed"] = json!(now);
+    check["issued"] = json!(request.issued);
+    check["round"] = json!(request.round);
+    check["processed_by"] = json!(identity.name);
+    let event = json!({
+        "id": id.to_string(),
+        "timestamp": now,
+        "metadata": {"namespace": identity.namespace},
+        "entity": identity.entity(),
+        "check": check,
+    });
+    let mut frame = b"event\n".to_vec();
+    serde_json::to_writer(&mut frame, &event)?;
+    Ok(frame)
+}
+
+/// p50/p99/max of the tick → request-arrival latencies (ms), or null without samples.
+fn dispatch_summary(samples: &mut [i64]) -> Value {
+    if samples.is_empty() {
+        return Value::Null;
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    json!({"count": samples.len(), "p50": at(0.5), "p99": at(0.99), "max": samples[samples.len() - 1]})
+}
