@@ -796,3 +796,70 @@ async fn a_round_no_agent_can_run_is_reported_missed_and_resolves_when_rounds_ru
     assert!(!handled_rounds(&file, "lonely").is_empty());
     agent.kill().await;
 }
+
+#[tokio::test]
+async fn a_proxy_round_robin_check_runs_each_proxy_entity_once_per_round() {
+    let lp = Loop::start().await;
+    let file = lp.recording_handler("record", &[]).await;
+    for name in ["router-1", "router-2"] {
+        expect(
+            lp.client
+                .post(
+                    "namespaces/default/entities",
+                    &json!({
+                        "metadata": {"name": name, "namespace": "default", "labels": {"kind": "router"}},
+                        "entity_class": "proxy",
+                    }),
+                )
+                .await,
+            200,
+        );
+    }
+    let pollers = [
+        lp.agent("poller-1", &["poller"]).await,
+        lp.agent("poller-2", &["poller"]).await,
+    ];
+    lp.check(json!({
+        "metadata": {"name": "reach"},
+        "command": "echo '{{ .name }} reachable'",
+        "interval": 1,
+        "timeout": 2,
+        "round_robin": true,
+        "subscriptions": ["poller"],
+        "handlers": ["record"],
+        "publish": true,
+        "proxy_requests": {"entity_attributes": ["entity.metadata.labels.kind == 'router'"]},
+    }))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handled_rounds(&file, "reach").len() < 12 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = handled(&file);
+    let mut per_router = std::collections::BTreeMap::<String, Vec<i64>>::new();
+    for event in events.iter().filter(|e| check_name(e) == "reach") {
+        let round = event["check"]["round"].as_str().unwrap();
+        let router = event["entity"]["metadata"]["name"].as_str().unwrap();
+        assert!(round.contains(&format!("/{router}#poller")), "{round}");
+        assert_eq!(event["check"]["output"], format!("{router} reachable\n"));
+        per_router
+            .entry(router.to_owned())
+            .or_default()
+            .push(tick_of(round));
+    }
+    assert_eq!(
+        per_router.len(),
+        2,
+        "both proxy entities ran: {per_router:?}"
+    );
+    for (router, ticks) in &mut per_router {
+        let before = ticks.len();
+        ticks.sort();
+        ticks.dedup();
+        assert_eq!(ticks.len(), before, "{router}: a round ran twice");
+        assert!(ticks.len() >= 4, "{router}: {ticks:?}");
+    }
+    for poller in pollers {
+        poller.kill().await;
+    }
+}
