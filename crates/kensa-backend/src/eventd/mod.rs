@@ -182,6 +182,8 @@ struct Deps {
     failing: Arc<FailingAgents>,
     ttl: Ttl,
     pipeline: mpsc::Sender<Processed>,
+    /// What this backend last wrote to round-robin round slots (claims are one write then).
+    round_slots: crate::rounds::record::SlotCache,
 }
 
 /// The handle services use to submit work.
@@ -216,6 +218,7 @@ impl Eventd {
             failing,
             ttl: ttl.clone(),
             pipeline,
+            round_slots: Default::default(),
         });
         let mut senders = Vec::new();
         for (index, cache) in caches.iter().enumerate() {
@@ -580,7 +583,14 @@ impl Shard {
             now_ms: jiff::Timestamp::now().as_millisecond(),
         };
         let period_ms = crate::rounds::record::period_ms(check["interval"].as_u64().unwrap_or(0));
-        crate::rounds::record::claim(self.deps.store.as_ref(), round, period_ms, &completion).await
+        crate::rounds::record::claim(
+            self.deps.store.as_ref(),
+            &self.deps.round_slots,
+            round,
+            period_ms,
+            &completion,
+        )
+        .await
     }
 
     /// The previous check state of `key`: from memory, else from the store.

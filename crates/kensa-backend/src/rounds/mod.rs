@@ -191,6 +191,9 @@ struct Shared {
     dispatcher: Arc<Dispatcher>,
     telemetry: Arc<Telemetry>,
     reconciler: Reconciler,
+    /// Rounds whose result this backend stored (shared with the reconciler, which then needs
+    /// no store read for them).
+    completed: Arc<Mutex<RecentSet>>,
     shutdown: CancellationToken,
     /// Groups, in-flight rounds and agent slots. Never held across an await.
     state: Mutex<State>,
@@ -203,7 +206,6 @@ struct State {
     groups: HashMap<Group, GroupState>,
     /// Rounds delivered to agents of this backend, by round id.
     in_flight: HashMap<String, Vec<InFlight>>,
-    recent_completed: RecentSet,
 }
 
 struct GroupState {
@@ -245,13 +247,21 @@ impl RoundRobin {
         orders: mpsc::Receiver<RoundOrder>,
         shutdown: CancellationToken,
     ) -> (RoundRobin, Vec<tokio::task::JoinHandle<()>>) {
-        let reconciler = Reconciler::new(store.clone(), view, eventd, telemetry.clone());
+        let completed = Arc::new(Mutex::new(RecentSet::default()));
+        let reconciler = Reconciler::new(
+            store.clone(),
+            view,
+            eventd,
+            telemetry.clone(),
+            completed.clone(),
+        );
         let shared = Arc::new(Shared {
             queue,
             store,
             dispatcher,
             telemetry,
             reconciler,
+            completed,
             shutdown: shutdown.clone(),
             state: Mutex::new(State::default()),
             slots_freed: Notify::new(),
@@ -271,9 +281,9 @@ impl RoundRobin {
             .rounds_completed
             .get_or_create(&RoundLabels::new(&round.namespace, &round.subscription))
             .inc();
+        self.shared.completed().insert(round.id.clone());
         let held = {
             let mut state = self.shared.lock();
-            state.recent_completed.insert(round.id.clone());
             let held = state.in_flight.remove(&round.id).unwrap_or_default();
             for flight in &held {
                 if let Some(group) = state.groups.get_mut(&flight.group) {
@@ -323,6 +333,12 @@ pub async fn tap(
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("round robin state poisoned")
+    }
+
+    fn completed(&self) -> std::sync::MutexGuard<'_, RecentSet> {
+        self.completed
+            .lock()
+            .expect("completed rounds lock poisoned")
     }
 }
 
@@ -568,7 +584,7 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
     };
     let now = now_ms();
     // Already completed (a redelivery racing the acknowledgement): settle, do not run again.
-    let known_done = shared.lock().recent_completed.contains(&round.id);
+    let known_done = shared.completed().contains(&round.id);
     let done = known_done
         || (delivery.attempt > 1
             && record::is_completed(shared.store.as_ref(), &round, header.budget.period_ms)
@@ -756,13 +772,12 @@ async fn report_progress(shared: &Shared, flights: Vec<InFlight>) {
         if let Err(err) = flight.delivery.progress().await {
             tracing::debug!(round = %flight.round.id, %err, "reporting round progress failed");
         }
-        let mut state = shared.lock();
-        if state.recent_completed.contains(&flight.round.id) {
-            drop(state);
+        if shared.completed().contains(&flight.round.id) {
             give_back(shared, &flight.group, flight.session, false);
             spawn_ack(flight.delivery);
         } else {
-            state
+            shared
+                .lock()
                 .in_flight
                 .entry(flight.round.id.clone())
                 .or_default()
@@ -786,13 +801,13 @@ async fn report_depths(shared: &Shared) {
 
 /// A bounded set of recently completed round ids (oldest forgotten first).
 #[derive(Default)]
-struct RecentSet {
+pub struct RecentSet {
     order: VecDeque<String>,
     set: HashSet<String>,
 }
 
 impl RecentSet {
-    fn insert(&mut self, id: String) {
+    pub fn insert(&mut self, id: String) {
         if self.set.insert(id.clone()) {
             self.order.push_back(id);
             if self.order.len() > RECENT_COMPLETED {
@@ -803,7 +818,7 @@ impl RecentSet {
         }
     }
 
-    fn contains(&self, id: &str) -> bool {
+    pub fn contains(&self, id: &str) -> bool {
         self.set.contains(id)
     }
 }

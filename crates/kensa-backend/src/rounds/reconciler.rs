@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::record::{self, Miss, RoundRef};
+use super::RecentSet;
 use crate::eventd::{Eventd, Origin, Submission};
 use crate::telemetry::{RoundLabels, Telemetry};
 use crate::view::ConfigView;
@@ -56,6 +57,8 @@ struct Inner {
     view: Arc<ConfigView>,
     eventd: Eventd,
     telemetry: Arc<Telemetry>,
+    /// Rounds this backend saw completed: no store read needed for them.
+    completed: Arc<Mutex<RecentSet>>,
     /// Rounds waiting for their deadline, earliest first. Never held across an await.
     pending: Mutex<BinaryHeap<Reverse<Pending>>>,
     /// Per `(namespace, check, subscription)`: whether its "round missed" event is failing, and
@@ -77,6 +80,7 @@ impl Reconciler {
         view: Arc<ConfigView>,
         eventd: Eventd,
         telemetry: Arc<Telemetry>,
+        completed: Arc<Mutex<RecentSet>>,
     ) -> Reconciler {
         Reconciler {
             inner: Arc::new(Inner {
@@ -84,6 +88,7 @@ impl Reconciler {
                 view,
                 eventd,
                 telemetry,
+                completed,
                 pending: Mutex::new(BinaryHeap::new()),
                 failing: Mutex::new(HashMap::new()),
             }),
@@ -142,7 +147,17 @@ impl Inner {
             round.check.clone(),
             round.subscription.clone(),
         );
-        match record::mark_missed(self.store.as_ref(), round, period_ms, now).await {
+        let known_completed = self
+            .completed
+            .lock()
+            .expect("completed rounds lock poisoned")
+            .contains(&round.id);
+        let outcome = if known_completed {
+            Ok(Miss::Completed)
+        } else {
+            record::mark_missed(self.store.as_ref(), round, period_ms, now).await
+        };
+        match outcome {
             Ok(Miss::Completed) => {
                 let known = self
                     .failing

@@ -189,14 +189,67 @@ pub enum Miss {
     Completed,
 }
 
+/// The revision and round this backend last wrote to each slot: the common claim — a new
+/// round replacing the one this backend completed a ring ago — is then one conditional write
+/// instead of a read and a write. A stale entry only costs a failed write and the full path.
+#[derive(Default)]
+pub struct SlotCache {
+    slots: std::sync::Mutex<std::collections::HashMap<Key, (i64, String)>>,
+}
+
+/// Entries kept before the cache starts over (a few hundred bytes each).
+const SLOT_CACHE_LIMIT: usize = 500_000;
+
+impl SlotCache {
+    fn get(&self, key: &Key) -> Option<(i64, String)> {
+        self.slots
+            .lock()
+            .expect("slot cache poisoned")
+            .get(key)
+            .cloned()
+    }
+
+    fn set(&self, key: Key, revision: i64, round: &str) {
+        let mut slots = self.slots.lock().expect("slot cache poisoned");
+        if slots.len() >= SLOT_CACHE_LIMIT {
+            slots.clear();
+        }
+        slots.insert(key, (revision, round.to_owned()));
+    }
+}
+
 /// Claims `round` for `result` (see the module comment).
 pub async fn claim(
     store: &dyn Store,
+    cache: &SlotCache,
     round: &RoundRef,
     period_ms: i64,
     result: &Completion,
 ) -> Result<Claim, StoreError> {
     let key = round.slot_key(period_ms);
+    if let Some((revision, previous)) = cache.get(&key) {
+        if previous != round.id {
+            let mut record = RoundRecord {
+                round: round.id.clone(),
+                tick: round.tick_ms.unwrap_or(0),
+                ..RoundRecord::default()
+            };
+            record.complete(result);
+            let value = serde_json::to_value(&record)
+                .map_err(|err| StoreError::Internal(err.to_string()))?;
+            match store
+                .put(&key, &value, Precondition::Revision(revision))
+                .await
+            {
+                Ok(revision) => {
+                    cache.set(key, revision, &round.id);
+                    return Ok(Claim::First);
+                }
+                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
     for _ in 0..CAS_ATTEMPTS {
         let current = store.get(&key).await?;
         let (mut record, precondition) = match &current {
@@ -238,7 +291,10 @@ pub async fn claim(
             Claim::First
         };
         match write(store, &key, &record, current.is_none(), precondition).await {
-            Ok(()) => return Ok(claim),
+            Ok(revision) => {
+                cache.set(key, revision, &round.id);
+                return Ok(claim);
+            }
             Err(StoreError::AlreadyExists(_) | StoreError::Conflict(_)) => continue,
             Err(err) => return Err(err),
         }
@@ -280,7 +336,7 @@ pub async fn mark_missed(
             ..RoundRecord::default()
         };
         match write(store, &key, &record, current.is_none(), precondition).await {
-            Ok(()) => return Ok(Miss::Recorded),
+            Ok(_) => return Ok(Miss::Recorded),
             Err(StoreError::AlreadyExists(_) | StoreError::Conflict(_)) => continue,
             Err(err) => return Err(err),
         }
@@ -324,13 +380,13 @@ async fn write(
     record: &RoundRecord,
     create: bool,
     precondition: Precondition,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let value =
         serde_json::to_value(record).map_err(|err| StoreError::Internal(err.to_string()))?;
     if create {
-        store.create(key, &value).await.map(drop)
+        store.create(key, &value).await
     } else {
-        store.put(key, &value, precondition).await.map(drop)
+        store.put(key, &value, precondition).await
     }
 }
 
@@ -402,6 +458,16 @@ mod tests {
         .unwrap();
         assert!(seen.contains(&wrapped.slot_key(10_000).name));
     }
+    /// `claim` with a cache of its own (the tests are about the store's answers).
+    async fn claim(
+        store: &dyn Store,
+        round: &RoundRef,
+        period_ms: i64,
+        result: &Completion,
+    ) -> Result<Claim, StoreError> {
+        super::claim(store, &SlotCache::default(), round, period_ms, result).await
+    }
+
     fn result(entity: &str, event_id: &str) -> Completion {
         Completion {
             entity: entity.into(),
@@ -528,5 +594,44 @@ mod tests {
             "{claims:?}"
         );
         assert_eq!(claims.iter().filter(|c| **c == Claim::Duplicate).count(), 7);
+    }
+    #[tokio::test]
+    async fn a_stale_slot_cache_never_lets_a_round_complete_twice() {
+        let store = store().await;
+        let (cache_a, cache_b) = (SlotCache::default(), SlotCache::default());
+        let first = RoundRef::parse("default/ping@1700000000000#zone").unwrap();
+        // The same slot one ring later.
+        let later = RoundRef::parse(&format!(
+            "default/ping@{}#zone",
+            1_700_000_000_000 + RING * 10_000
+        ))
+        .unwrap();
+        let claim_with = |cache, round, entity, id| {
+            let store = store.clone();
+            async move {
+                super::claim(store.as_ref(), cache, round, 10_000, &result(entity, id))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(claim_with(&cache_a, &first, "a", "e1").await, Claim::First);
+        // Backend B completes the later round: A's cached revision is now stale.
+        assert_eq!(claim_with(&cache_b, &later, "b", "e2").await, Claim::First);
+        assert_eq!(
+            claim_with(&cache_a, &later, "c", "e3").await,
+            Claim::Duplicate,
+            "the fast path's conditional write fails and the full path sees the completion"
+        );
+        // A's cache is fresh again: its next round is one write, and correct.
+        let next = RoundRef::parse(&format!(
+            "default/ping@{}#zone",
+            1_700_000_000_000 + 2 * RING * 10_000
+        ))
+        .unwrap();
+        assert_eq!(claim_with(&cache_a, &next, "a", "e4").await, Claim::First);
+        assert_eq!(
+            claim_with(&cache_b, &next, "b", "e5").await,
+            Claim::Duplicate
+        );
     }
 }
