@@ -9,6 +9,10 @@
 //! acknowledgements, then check requests (which the dispatcher drops for this agent only when
 //! its queue is full). A malformed or oversized frame closes the session with a logged reason.
 //!
+//! Shedding: while the backend has lost its store ([`Agentd::set_shedding`], driven by cluster
+//! membership) every session is closed and new ones are refused with `503`, so agents move to
+//! a backend that can record what they send instead of feeding a zombie session.
+//!
 //! Authentication cost: a verified (user, password, stored hash) triple is remembered as a
 //! SHA-256 digest, so a reconnect storm costs a hash per agent, not an argon2/bcrypt check
 //! (reference §8.10).
@@ -30,7 +34,7 @@ use kensa_store::Key;
 use kensa_types::Kind;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::rbac;
@@ -61,6 +65,8 @@ pub struct Agentd {
     next_session: AtomicU64,
     /// Per connected agent: its control queue and the entity configuration last pushed.
     sessions: Mutex<HashMap<(String, String), SessionControl>>,
+    /// `true` while sessions are shed (see the module comment); sessions watch it.
+    shedding: watch::Sender<bool>,
 }
 
 struct SessionControl {
@@ -94,7 +100,17 @@ impl Agentd {
             verified: Mutex::new(HashSet::new()),
             next_session: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
+            shedding: watch::channel(false).0,
         })
+    }
+
+    /// Closes every session and refuses new ones while `shed` is true.
+    pub fn set_shedding(&self, shed: bool) {
+        self.shedding.send_if_modified(|current| {
+            let changed = *current != shed;
+            *current = shed;
+            changed
+        });
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -284,6 +300,13 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if *agentd.shedding.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this backend has lost its store; try another backend",
+        )
+            .into_response();
+    }
     match agentd.handshake(&headers).await {
         Ok(hello) => ws
             .max_message_size(MAX_FRAME_BYTES)
@@ -410,8 +433,13 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
         session: id,
         acks: ack_tx,
     };
+    let mut shedding = agentd.shedding.subscribe();
     let close_reason = loop {
-        let message = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+        let read = tokio::select! {
+            _ = shedding.wait_for(|shed| *shed) => break Some("shed"),
+            read = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => read,
+        };
+        let message = match read {
             Err(_) => break Some("idle timeout"),
             Ok(None) => break None,
             Ok(Some(Err(err))) => {

@@ -8,14 +8,24 @@
 //! agent stays silent its failure is re-raised every warning period, as Sensu does.
 //!
 //! Durability: every keepalive also writes a small liveness record (`kensa.liveness`) with the
-//! keepalive event and the entity, in one transaction. After a restart the deadlines are
-//! rebuilt from those records: an agent whose deadline passed while the backend was down gets
-//! one warning timeout from startup to reconnect (so healthy agents, which reconnect within
-//! their retry backoff, never see a false alert) and still raises its alert if it does not.
+//! keepalive event and the entity, in one transaction.
+//!
+//! Ownership (cluster mode, `cluster.rs`): the record names its `owner`, the member whose
+//! session last received the agent's keepalive, and only the owner raises the agent's alerts.
+//! An agent that reconnects to another backend becomes that backend's with its first
+//! keepalive. When a member dies (or leaves, or before this backend started), the **takeover**
+//! task adopts the records it owned: one compare-and-set on each record's revision, so exactly
+//! one backend wins each agent, which then gets one warning timeout from the takeover to
+//! reconnect somewhere (healthy agents reconnect within their retry backoff and never see a
+//! false alert) and still raises its alert, once, if it does not. A restarted single backend
+//! is the same case: its previous incarnation is a dead member. Before raising an alert the
+//! owner re-reads the record: if another live member owns it now, it forgets the agent; if not,
+//! it claims the alert with a compare-and-set, so a keepalive that lands elsewhere at the same
+//! moment and a second backend that thinks it owns the agent both lose the race cleanly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kensa_store::{Key, ListQuery, Precondition, Store};
 use kensa_types::Kind;
@@ -24,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cluster::Membership;
 use crate::eventd::{Eventd, FailingAgents, Origin, Processed, Submission};
 use crate::telemetry::{StatusLabels, Telemetry};
 use crate::view::ConfigView;
@@ -38,6 +49,16 @@ pub const DEFAULT_WARNING_TIMEOUT: i64 = 120;
 /// next one follows within a keepalive interval.
 const LANE_CAPACITY: usize = 16_384;
 
+/// Adopted agents waiting for the service; the takeover task waits when it is full.
+const ADOPTED_CAPACITY: usize = 1024;
+
+/// Besides reacting to members dying, the takeover task rescans every record this often
+/// (records of members it never saw, writes that raced with a scan).
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(60);
+
+/// How soon a deadline whose check could not complete (store error, lost race) is retried.
+const RETRY_DEADLINE_MS: i64 = 1000;
+
 #[derive(Debug, Clone, PartialEq)]
 struct Liveness {
     /// Unix milliseconds of the last keepalive (deadlines are exact to the millisecond).
@@ -46,6 +67,8 @@ struct Liveness {
     critical: i64,
     /// 0 alive, 1 warning raised, 2 critical raised.
     status: u32,
+    /// The member id of the backend tracking the agent ("" in records older than clusters).
+    owner: String,
 }
 
 impl Liveness {
@@ -56,6 +79,7 @@ impl Liveness {
             "warning": self.warning,
             "critical": self.critical,
             "status": self.status,
+            "owner": self.owner,
         })
     }
 
@@ -67,8 +91,25 @@ impl Liveness {
             warning: value["warning"].as_i64().unwrap_or(DEFAULT_WARNING_TIMEOUT),
             critical: value["critical"].as_i64().unwrap_or(0),
             status: value["status"].as_u64().unwrap_or(0) as u32,
+            owner: str_of(&value["owner"]).to_owned(),
         }
     }
+
+    /// When an adopted agent's next deadline is: one warning timeout from now to reconnect
+    /// when it was alive, else the failure's next deadline (see the module comment).
+    fn adopted_deadline(&self, now_ms: i64) -> i64 {
+        if self.status == 0 {
+            (self.last_seen + self.warning * 1000).max(now_ms + self.warning * 1000)
+        } else {
+            next_failure_deadline(self, now_ms)
+        }
+    }
+}
+
+/// A record the takeover task won, on its way to the service.
+struct Adopted {
+    key: AgentKey,
+    liveness: Liveness,
 }
 
 type AgentKey = (String, String);
@@ -86,6 +127,9 @@ impl Keepalived {
         self.lane.try_send(keepalive).is_ok()
     }
 
+    /// Starts the service and its takeover task (both stop with `shutdown`; the returned
+    /// task ends after both).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         store: Arc<dyn Store>,
         view: Arc<ConfigView>,
@@ -93,33 +137,50 @@ impl Keepalived {
         pipeline: mpsc::Sender<Processed>,
         failing: Arc<FailingAgents>,
         telemetry: Arc<Telemetry>,
+        membership: Arc<Membership>,
         shutdown: CancellationToken,
     ) -> (Keepalived, tokio::task::JoinHandle<()>) {
         let (lane, rx) = mpsc::channel(LANE_CAPACITY);
+        let (adopted_tx, adopted_rx) = mpsc::channel(ADOPTED_CAPACITY);
+        let takeover = tokio::spawn(takeover(
+            store.clone(),
+            membership.clone(),
+            adopted_tx,
+            shutdown.clone(),
+        ));
         let service = Service {
+            me: membership.id(),
             store,
             view,
             eventd,
             pipeline,
             failing,
             telemetry,
+            membership,
             agents: HashMap::new(),
             deadlines: BTreeSet::new(),
             pending: HashMap::new(),
         };
-        let task = tokio::spawn(service.run(rx, shutdown));
+        let task = tokio::spawn(async move {
+            service.run(rx, adopted_rx, shutdown).await;
+            let _ = takeover.await;
+        });
         (Keepalived { lane }, task)
     }
 }
 
 struct Service {
+    /// This backend's member id: the `owner` of the records it writes.
+    me: String,
     store: Arc<dyn Store>,
     view: Arc<ConfigView>,
     eventd: Eventd,
     pipeline: mpsc::Sender<Processed>,
     failing: Arc<FailingAgents>,
     telemetry: Arc<Telemetry>,
-    /// Liveness of every known agent with its next deadline (unix milliseconds).
+    membership: Arc<Membership>,
+    /// Liveness of every agent this backend owns (or owned until another member took it)
+    /// with its next deadline (unix milliseconds).
     agents: HashMap<AgentKey, (Liveness, i64)>,
     deadlines: BTreeSet<(i64, AgentKey)>,
     /// Keepalive writes eventd had no room for; only the latest per agent is kept.
@@ -127,10 +188,12 @@ struct Service {
 }
 
 impl Service {
-    async fn run(mut self, mut lane: mpsc::Receiver<Value>, shutdown: CancellationToken) {
-        if let Err(err) = self.rebuild().await {
-            tracing::error!(%err, "could not rebuild keepalive deadlines from the store");
-        }
+    async fn run(
+        mut self,
+        mut lane: mpsc::Receiver<Value>,
+        mut adopted: mpsc::Receiver<Adopted>,
+        shutdown: CancellationToken,
+    ) {
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         loop {
             let next = self.deadlines.first().map(|(at, _)| *at);
@@ -138,50 +201,34 @@ impl Service {
                 Some(at) => Duration::from_millis((at - crate::api::now_millis()).max(0) as u64),
                 None => Duration::from_secs(3600),
             };
+            // Keepalives first: a deadline must never fire while a keepalive that would have
+            // moved it waits in the lane.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 keepalive = lane.recv() => match keepalive {
                     Some(keepalive) => self.keepalive(keepalive).await,
                     None => return,
                 },
+                Some(record) = adopted.recv() => self.adopt(record),
                 _ = tokio::time::sleep(wait), if next.is_some() => self.fire_due().await,
                 _ = retry.tick() => self.flush_pending(),
             }
         }
     }
 
-    /// Re-arms every agent from the liveness records (see the module comment).
-    async fn rebuild(&mut self) -> kensa_store::Result<()> {
-        let now = crate::api::now_millis();
-        let mut query = ListQuery {
-            kind: LIVENESS_KIND.into(),
-            namespace: None,
-            limit: 1000,
-            ..Default::default()
-        };
-        loop {
-            let page = self.store.list(&query).await?;
-            for item in page.items {
-                let liveness = Liveness::from_record(&item.value);
-                let key = (item.key.namespace, item.key.name);
-                let due = if liveness.status == 0 {
-                    (liveness.last_seen + liveness.warning * 1000)
-                        .max(now + liveness.warning * 1000)
-                } else {
-                    self.failing.set(&key.0, &key.1, true);
-                    next_failure_deadline(&liveness, now)
-                };
-                self.arm(key, liveness, due);
-            }
-            match page.continue_token {
-                Some(token) => query.continue_token = Some(token),
-                None => break,
+    /// Arms an agent the takeover task won, unless this backend heard from it since.
+    fn adopt(&mut self, Adopted { key, liveness }: Adopted) {
+        if let Some((current, _)) = self.agents.get(&key) {
+            if current.owner == self.me && current.last_seen > liveness.last_seen {
+                return;
             }
         }
-        if !self.agents.is_empty() {
-            tracing::info!(agents = self.agents.len(), "rebuilt keepalive deadlines");
+        let due = liveness.adopted_deadline(crate::api::now_millis());
+        if liveness.status > 0 {
+            self.failing.set(&key.0, &key.1, true);
         }
-        Ok(())
+        self.arm(key, liveness, due);
     }
 
     fn arm(&mut self, key: AgentKey, liveness: Liveness, due: i64) {
@@ -220,6 +267,7 @@ impl Service {
             warning,
             critical,
             status: 0,
+            owner: self.me.clone(),
         };
         self.arm(key.clone(), liveness.clone(), now_millis + warning * 1000);
         if was_failing {
@@ -342,6 +390,9 @@ impl Service {
 
     async fn fire_due(&mut self) {
         let now = crate::api::now_millis();
+        // Without the store nothing can be decided (who owns the agent now?) nor recorded:
+        // postpone every due deadline instead of failing one store call per agent.
+        let store_lost = !self.membership.state().store_reachable;
         while let Some((at, key)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
@@ -350,15 +401,39 @@ impl Service {
             let Some((liveness, _)) = self.agents.get(&key).cloned() else {
                 continue;
             };
-            self.expired(key, liveness, now).await;
+            if store_lost {
+                self.arm(key, liveness, now + RETRY_DEADLINE_MS);
+            } else {
+                self.expired(key, liveness, now).await;
+            }
         }
     }
 
-    /// A deadline passed: deregister, or raise (or re-raise, or escalate) the failure.
-    /// `now` is in unix milliseconds.
+    /// A deadline passed: unless another live member owns the agent now, deregister it, or
+    /// raise (or re-raise, or escalate) its failure. `now` is in unix milliseconds.
     async fn expired(&mut self, key: AgentKey, mut liveness: Liveness, now_millis: i64) {
         let now = now_millis / 1000;
         let (namespace, name) = key.clone();
+        let record_key = Key::new(LIVENESS_KIND, &namespace, &name);
+        let record_revision = match self.store.get(&record_key).await {
+            Ok(Some(stored)) => {
+                let recorded = Liveness::from_record(&stored.value);
+                if recorded.owner != self.me {
+                    self.not_owned(key, recorded, stored.revision, now_millis)
+                        .await;
+                    return;
+                }
+                Some(stored.revision)
+            }
+            // Never written (its first write failed) or deleted (deregistered, entity deleted):
+            // decided below from the entity.
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%err, namespace, agent = %name, "keepalive deadline: could not read the liveness record; retrying");
+                self.arm(key, liveness, now_millis + RETRY_DEADLINE_MS);
+                return;
+            }
+        };
         let entity_key = Key::new("entities", &namespace, &name);
         let Some(entity) = self.view.get(&entity_key) else {
             // Deleted entity: nothing to watch any more.
@@ -385,6 +460,27 @@ impl Service {
             (1, liveness.warning)
         };
         liveness.status = status;
+        liveness.owner = self.me.clone();
+        // Claim the alert: if anything wrote the record since it was read (a keepalive on
+        // another backend, a member that believes it owns the agent), look again instead.
+        let claim = match record_revision {
+            Some(revision) => {
+                self.store
+                    .put(
+                        &record_key,
+                        &liveness.record(),
+                        Precondition::Revision(revision),
+                    )
+                    .await
+            }
+            None => self.store.create(&record_key, &liveness.record()).await,
+        };
+        if let Err(err) = claim {
+            tracing::debug!(%err, namespace, agent = %name, "keepalive alert not claimed; looking again");
+            liveness.status = self.agents.get(&key).map_or(0, |(l, _)| l.status);
+            self.arm(key, liveness, now_millis + RETRY_DEADLINE_MS);
+            return;
+        }
         self.failing.set(&namespace, &name, true);
         self.telemetry
             .keepalive_failures
@@ -416,16 +512,55 @@ impl Service {
             "No keepalive sent from {name} for {elapsed} seconds (>= {threshold})"
         ));
         event["check"]["executed"] = json!(now);
-        let writes = vec![(
-            Key::new(LIVENESS_KIND, &namespace, &name),
-            liveness.record(),
-        )];
-        self.submit(
-            key.clone(),
-            Submission::with_writes(event, Origin::Internal, writes),
-        );
+        self.submit(key.clone(), Submission::result(event, Origin::Internal));
         let due = next_failure_deadline(&liveness, now_millis);
         self.arm(key, liveness, due);
+    }
+
+    /// The deadline of an agent whose record names another owner: forget it when that owner
+    /// is alive (it tracks the agent now), else adopt it as the takeover task would have.
+    async fn not_owned(&mut self, key: AgentKey, recorded: Liveness, revision: i64, now_ms: i64) {
+        if self
+            .membership
+            .is_alive(self.store.as_ref(), &recorded.owner)
+            .await
+        {
+            tracing::debug!(namespace = %key.0, agent = %key.1, owner = %recorded.owner, "agent tracked by another backend");
+            self.forget(&key);
+            return;
+        }
+        let adopted = Liveness {
+            owner: self.me.clone(),
+            ..recorded
+        };
+        let record_key = Key::new(LIVENESS_KIND, &key.0, &key.1);
+        match self
+            .store
+            .put(
+                &record_key,
+                &adopted.record(),
+                Precondition::Revision(revision),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(namespace = %key.0, agent = %key.1, "took over an agent of a dead backend");
+                if adopted.status > 0 {
+                    self.failing.set(&key.0, &key.1, true);
+                }
+                let due = adopted.adopted_deadline(now_ms);
+                self.arm(key, adopted, due);
+            }
+            // Somebody else wrote it first; whoever that was tracks it.
+            Err(kensa_store::StoreError::Conflict(_) | kensa_store::StoreError::NotFound(_)) => {
+                self.forget(&key)
+            }
+            Err(err) => {
+                tracing::warn!(%err, namespace = %key.0, agent = %key.1, "could not take over an agent; retrying");
+                let (liveness, _) = self.agents.get(&key).cloned().unwrap_or((adopted, 0));
+                self.arm(key, liveness, now_ms + RETRY_DEADLINE_MS);
+            }
+        }
     }
 
     /// Deletes the entity and its events, resolving each through the pipelines, and emits the
@@ -511,6 +646,136 @@ impl Service {
     }
 }
 
+/// The takeover task: adopts the liveness records of members that are not alive — at start
+/// (the previous incarnation of this backend, records older than clusters), whenever a member
+/// stops being alive, and every [`FULL_SCAN_EVERY`]. Each adoption is a compare-and-set on the
+/// record's revision, so of several backends scanning at once exactly one wins each record.
+async fn takeover(
+    store: Arc<dyn Store>,
+    membership: Arc<Membership>,
+    adopted: mpsc::Sender<Adopted>,
+    shutdown: CancellationToken,
+) {
+    let mut states = membership.subscribe();
+    let mut previously_alive: HashSet<String> = HashSet::new();
+    let mut scan_due = true;
+    let mut last_scan = Instant::now();
+    loop {
+        let state = states.borrow_and_update().clone();
+        let alive = state.alive_ids();
+        if previously_alive.difference(&alive).next().is_some() {
+            scan_due = true;
+        }
+        previously_alive = alive;
+        if last_scan.elapsed() >= FULL_SCAN_EVERY {
+            scan_due = true;
+        }
+        // A backend that lost its store adopts nothing: it cannot tell who is alive.
+        if scan_due && state.store_reachable {
+            let scan = adopt_orphans(store.as_ref(), &membership, &adopted);
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                outcome = scan => outcome,
+            };
+            match outcome {
+                Ok(count) => {
+                    if count > 0 {
+                        tracing::info!(
+                            agents = count,
+                            "took over the keepalives of agents whose backend is gone"
+                        );
+                    }
+                    scan_due = false;
+                    last_scan = Instant::now();
+                }
+                Err(TakeoverError::Closed) => return,
+                // Retried on the next membership round.
+                Err(err) => tracing::warn!(%err, "keepalive takeover scan failed; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TakeoverError {
+    #[error(transparent)]
+    Store(#[from] kensa_store::StoreError),
+    #[error("keepalived stopped")]
+    Closed,
+}
+
+/// One pass over every liveness record; returns how many this backend adopted.
+async fn adopt_orphans(
+    store: &dyn Store,
+    membership: &Membership,
+    adopted: &mpsc::Sender<Adopted>,
+) -> Result<usize, TakeoverError> {
+    let me = membership.id();
+    let mut count = 0;
+    // Verdicts per owner within one pass (one store lookup per unknown owner at most).
+    let mut verdicts: HashMap<String, bool> = HashMap::new();
+    let mut query = ListQuery {
+        kind: LIVENESS_KIND.into(),
+        namespace: None,
+        limit: 500,
+        ..Default::default()
+    };
+    loop {
+        let page = store.list(&query).await?;
+        for item in page.items {
+            let recorded = Liveness::from_record(&item.value);
+            if recorded.owner == me {
+                continue;
+            }
+            let owner_alive = match verdicts.get(&recorded.owner) {
+                Some(alive) => *alive,
+                None => {
+                    let alive = membership.is_alive(store, &recorded.owner).await;
+                    verdicts.insert(recorded.owner.clone(), alive);
+                    alive
+                }
+            };
+            if owner_alive {
+                continue;
+            }
+            let liveness = Liveness {
+                owner: me.clone(),
+                ..recorded
+            };
+            match store
+                .put(
+                    &item.key,
+                    &liveness.record(),
+                    Precondition::Revision(item.revision),
+                )
+                .await
+            {
+                Ok(_) => {
+                    count += 1;
+                    let key = (item.key.namespace, item.key.name);
+                    adopted
+                        .send(Adopted { key, liveness })
+                        .await
+                        .map_err(|_| TakeoverError::Closed)?;
+                }
+                // Another backend adopted it, or the agent's keepalive landed: not ours.
+                Err(
+                    kensa_store::StoreError::Conflict(_) | kensa_store::StoreError::NotFound(_),
+                ) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        match page.continue_token {
+            Some(token) => query.continue_token = Some(token),
+            None => return Ok(count),
+        }
+    }
+}
+
 /// When (unix ms) to look again at a failing agent: at its critical deadline while that is
 /// pending, else one warning period from now (the failure is re-raised while the agent stays
 /// silent).
@@ -551,6 +816,80 @@ fn rfc3339(unix: i64) -> String {
 mod tests {
     use super::*;
 
+    /// Two backends scanning at the same time for the agents of a dead member: every agent is
+    /// adopted by exactly one of them, and agents of live members by neither.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_takeovers_adopt_each_agent_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            kensa_store::sqlite::SqliteStore::open(&dir.path().join("kensa.db"))
+                .await
+                .unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let member = |name: &str| {
+            crate::cluster::Membership::start(
+                crate::cluster::Identity::new(name.into(), String::new(), String::new()),
+                store.clone(),
+                shutdown.clone(),
+            )
+        };
+        let (first, _) = member("first").await.unwrap();
+        let (second, _) = member("second").await.unwrap();
+        let dead = Uuid::new_v4().to_string();
+        let orphans = 300;
+        for index in 0..orphans + 20 {
+            // The last 20 belong to a live member and must stay where they are.
+            let owner = if index < orphans {
+                dead.clone()
+            } else {
+                first.id()
+            };
+            let liveness = Liveness {
+                last_seen: crate::api::now_millis(),
+                warning: 5,
+                critical: 0,
+                status: 0,
+                owner,
+            };
+            store
+                .put(
+                    &Key::new(LIVENESS_KIND, "default", format!("agent-{index}")),
+                    &liveness.record(),
+                    Precondition::None,
+                )
+                .await
+                .unwrap();
+        }
+        let (first_tx, mut first_rx) = mpsc::channel(1000);
+        let (second_tx, mut second_rx) = mpsc::channel(1000);
+        let (first_count, second_count) = tokio::join!(
+            adopt_orphans(store.as_ref(), &second, &second_tx),
+            adopt_orphans(store.as_ref(), &first, &first_tx),
+        );
+        let (second_count, first_count) = (first_count.unwrap(), second_count.unwrap());
+        assert_eq!(
+            first_count + second_count,
+            orphans,
+            "{first_count} + {second_count}"
+        );
+        let mut adopted = HashSet::new();
+        for (rx, owner) in [(&mut first_rx, first.id()), (&mut second_rx, second.id())] {
+            while let Ok(Adopted { key, liveness }) = rx.try_recv() {
+                assert_eq!(liveness.owner, owner);
+                let stored = store
+                    .get(&Key::new(LIVENESS_KIND, &key.0, &key.1))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(str_of(&stored.value["owner"]), owner, "{key:?}");
+                assert!(adopted.insert(key.clone()), "{key:?} adopted twice");
+            }
+        }
+        assert_eq!(adopted.len(), orphans);
+        shutdown.cancel();
+    }
+
     #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
@@ -565,12 +904,13 @@ mod tests {
             warning: 10,
             critical: 25,
             status: 1,
+            owner: String::new(),
         };
         // Warning raised at +10 s: critical exactly at last_seen + 25 s, not at +20 or +30 s.
         assert_eq!(next_failure_deadline(&liveness, 1_010_000), 1_025_000);
         let critical = Liveness {
             status: 2,
-            ..liveness
+            ..liveness.clone()
         };
         assert_eq!(next_failure_deadline(&critical, 1_025_000), 1_035_000);
     }

@@ -5,6 +5,7 @@ pub mod agentd;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod eventd;

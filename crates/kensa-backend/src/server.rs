@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agentd::Agentd;
 use crate::api::{self, ApiSettings, AppState};
 use crate::bootstrap;
+use crate::cluster::{self, Membership};
 use crate::config::{BackendConfig, StoreLocation, TlsFiles};
 use crate::dispatch::Dispatcher;
 use crate::eventd::{Eventd, FailingAgents};
@@ -98,6 +99,18 @@ pub async fn run(
         .await
         .context("loading configuration")?;
     let follower = tokio::spawn(view.clone().follow(store.clone(), shutdown.child_token()));
+    // Membership first: this backend's heartbeat is in the store before it serves an agent.
+    let (membership, membership_task) = Membership::start(
+        member_identity(
+            &config,
+            api_listener.local_addr()?,
+            listeners.agent.local_addr()?,
+        ),
+        store.clone(),
+        shutdown.child_token(),
+    )
+    .await
+    .context("joining the cluster")?;
     let pruner = tokio::spawn(prune_change_feed(store.clone(), shutdown.child_token()));
 
     // The services, built from their dependencies and stopped by the shutdown token (in
@@ -118,6 +131,7 @@ pub async fn run(
     let mut tasks = vec![
         follower,
         pruner,
+        membership_task,
         pipelined::start(
             view.clone(),
             telemetry.clone(),
@@ -144,6 +158,7 @@ pub async fn run(
         pipeline_tx.clone(),
         failing,
         telemetry.clone(),
+        membership.clone(),
         shutdown.child_token(),
     );
     tasks.push(keepalived_task);
@@ -158,6 +173,11 @@ pub async fn run(
     tasks.push(tokio::spawn(
         agentd.clone().follow_entities(shutdown.child_token()),
     ));
+    tasks.push(tokio::spawn(shed_sessions_while_store_lost(
+        membership.clone(),
+        agentd.clone(),
+        shutdown.child_token(),
+    )));
     let (round_orders, round_orders_rx) = RoundOrders::channel(telemetry.clone());
     let queue_handle = queue.clone();
     let (rounds, rounds_tasks) = RoundRobin::start(
@@ -213,7 +233,7 @@ pub async fn run(
     servers.push(serve_http(
         "api",
         api_listener,
-        api::router(state.clone()),
+        api::router(state.clone()).layer(axum::Extension(membership.clone())),
         tls.clone(),
         shutdown.clone(),
     )?);
@@ -221,7 +241,8 @@ pub async fn run(
         servers.push(serve_http(
             "dashboard",
             listener,
-            crate::web::router_until(state.clone(), shutdown.clone()),
+            crate::web::router_until(state.clone(), shutdown.clone())
+                .layer(axum::Extension(membership.clone())),
             tls.clone(),
             shutdown.clone(),
         )?);
@@ -245,6 +266,41 @@ pub async fn run(
     }
     tracing::info!("backend stopped");
     result
+}
+
+/// Sheds agent sessions while membership says the store is lost, and takes agents again once
+/// it is back (see `cluster.rs`, `agentd.rs`).
+async fn shed_sessions_while_store_lost(
+    membership: Arc<Membership>,
+    agentd: Arc<Agentd>,
+    shutdown: CancellationToken,
+) {
+    let mut states = membership.subscribe();
+    loop {
+        let lost = !states.borrow_and_update().store_reachable;
+        agentd.set_shedding(lost);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Who this backend is in the cluster: its listeners' addresses and a fresh member id.
+fn member_identity(
+    config: &BackendConfig,
+    api: SocketAddr,
+    agent: SocketAddr,
+) -> cluster::Identity {
+    let (http, ws) = match config.tls {
+        Some(_) => ("https", "wss"),
+        None => ("http", "ws"),
+    };
+    cluster::Identity::new(
+        cluster::default_name(api.port()),
+        format!("{http}://{api}"),
+        format!("{ws}://{agent}"),
+    )
 }
 
 /// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown`.

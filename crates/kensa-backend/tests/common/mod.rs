@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_agent;
+pub mod faults;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
