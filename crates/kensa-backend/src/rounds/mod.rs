@@ -57,9 +57,9 @@ const ORDER_QUEUE: usize = 65_536;
 /// Publishes in flight at once.
 const PUBLISH_CONCURRENCY: usize = 64;
 /// Pull loops per group on one backend (fewer while fewer agent slots are free).
-const PULLERS_PER_GROUP: usize = 4;
+const PULLERS_PER_GROUP: usize = 8;
 /// Rounds one agent runs at once per group.
-const SLOTS_PER_AGENT: usize = 2;
+const SLOTS_PER_AGENT: usize = 8;
 /// How long one pull waits for a message.
 const PULL_WAIT: Duration = Duration::from_secs(5);
 /// Time an agent gets beyond the check's budget before its round goes to another agent.
