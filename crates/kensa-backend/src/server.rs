@@ -121,6 +121,7 @@ pub async fn run(
     let (pipeline_tx, pipeline_rx) = mpsc::channel(pipelined::QUEUE);
     // eventd → round robin's tap → pipelines: completed rounds are acknowledged on the way.
     let (stored_tx, stored_rx) = mpsc::channel(pipelined::QUEUE);
+    let (duplicate_rounds_tx, duplicate_rounds_rx) = mpsc::channel(4096);
     let queue = kensa_queue::connect(
         config.queue_url.as_deref(),
         &config.queue_stream,
@@ -147,6 +148,7 @@ pub async fn run(
         telemetry.clone(),
         failing.clone(),
         stored_tx,
+        duplicate_rounds_tx,
         config.eventd.clone(),
         shutdown.child_token(),
     );
@@ -191,6 +193,10 @@ pub async fn run(
         shutdown.child_token(),
     );
     tasks.extend(rounds_tasks);
+    tasks.push(tokio::spawn(crate::rounds::settle_duplicates(
+        duplicate_rounds_rx,
+        rounds.clone(),
+    )));
     tasks.push(tokio::spawn(crate::rounds::tap(
         stored_rx,
         pipeline_tx,

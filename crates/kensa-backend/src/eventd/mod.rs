@@ -182,6 +182,9 @@ struct Deps {
     failing: Arc<FailingAgents>,
     ttl: Ttl,
     pipeline: mpsc::Sender<Processed>,
+    /// Round-robin rounds whose result was a second execution, for round robin to free the
+    /// agent's slot (when full, the delivery simply times out).
+    duplicate_rounds: mpsc::Sender<String>,
     /// What this backend last wrote to round-robin round slots (claims are one write then).
     round_slots: crate::rounds::record::SlotCache,
 }
@@ -202,6 +205,7 @@ impl Eventd {
         telemetry: Arc<Telemetry>,
         failing: Arc<FailingAgents>,
         pipeline: mpsc::Sender<Processed>,
+        duplicate_rounds: mpsc::Sender<String>,
         settings: EventdSettings,
         shutdown: CancellationToken,
     ) -> (Eventd, Vec<tokio::task::JoinHandle<()>>) {
@@ -218,6 +222,7 @@ impl Eventd {
             failing,
             ttl: ttl.clone(),
             pipeline,
+            duplicate_rounds,
             round_slots: Default::default(),
         });
         let mut senders = Vec::new();
@@ -485,6 +490,7 @@ impl Shard {
                             .expect("shard cache poisoned")
                             .remember(id);
                     }
+                    let _ = self.deps.duplicate_rounds.try_send(round.id.clone());
                     complete_now(origin, id);
                     return None;
                 }

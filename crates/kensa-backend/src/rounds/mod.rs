@@ -57,9 +57,9 @@ const ORDER_QUEUE: usize = 65_536;
 /// Publishes in flight at once.
 const PUBLISH_CONCURRENCY: usize = 64;
 /// Pull loops per group on one backend (fewer while fewer agent slots are free).
-const PULLERS_PER_GROUP: usize = 8;
+const PULLERS_PER_GROUP: usize = 4;
 /// Rounds one agent runs at once per group.
-const SLOTS_PER_AGENT: usize = 8;
+const SLOTS_PER_AGENT: usize = 2;
 /// How long one pull waits for a message.
 const PULL_WAIT: Duration = Duration::from_secs(5);
 /// Time an agent gets beyond the check's budget before its round goes to another agent.
@@ -199,6 +199,17 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when agent slots may have become free (completion, release, membership).
     slots_freed: Notify,
+    /// When this backend started (Unix ms): see [`restart_grace_until`].
+    started_ms: i64,
+}
+
+/// A round that was already due before this backend started was probably in flight when the
+/// previous process died, and its agent may be about to re-send the result from its outbox
+/// after reconnecting: wait that long before running it again (not past the round's
+/// deadline, which stays far ahead).
+fn restart_grace_until(started_ms: i64, header: &Header) -> Option<i64> {
+    let until = started_ms + header.budget.in_flight_ms().min(10_000);
+    (header.tick_ms < started_ms).then_some(until)
 }
 
 #[derive(Default)]
@@ -206,6 +217,18 @@ struct State {
     groups: HashMap<Group, GroupState>,
     /// Rounds delivered to agents of this backend, by round id.
     in_flight: HashMap<String, Vec<InFlight>>,
+    /// `(session, execution key)` of every round in flight: an agent never gets a second
+    /// round of a check it is still running (it would refuse it silently).
+    holding: HashSet<(SessionId, String)>,
+}
+
+/// What an agent deduplicates and guards executions on: the check, plus the proxy entity.
+fn execution_key(round: &RoundRef) -> String {
+    format!(
+        "{}/{}",
+        round.check,
+        round.proxy_entity.as_deref().unwrap_or_default()
+    )
 }
 
 struct GroupState {
@@ -265,6 +288,7 @@ impl RoundRobin {
             shutdown: shutdown.clone(),
             state: Mutex::new(State::default()),
             slots_freed: Notify::new(),
+            started_ms: now_ms(),
         });
         let tasks = vec![
             tokio::spawn(publish_loop(shared.clone(), orders)),
@@ -281,16 +305,23 @@ impl RoundRobin {
             .rounds_completed
             .get_or_create(&RoundLabels::new(&round.namespace, &round.subscription))
             .inc();
+        self.settle(round);
+    }
+
+    /// `round` is done (its result stored, here or by another execution): acknowledge every
+    /// delivery of it this backend holds and free their agents' slots.
+    fn settle(&self, round: &RoundRef) {
         self.shared.completed().insert(round.id.clone());
         let held = {
-            let mut state = self.shared.lock();
+            let mut guard = self.shared.lock();
+            let state = &mut *guard;
             let held = state.in_flight.remove(&round.id).unwrap_or_default();
             for flight in &held {
+                state
+                    .holding
+                    .remove(&(flight.session, execution_key(&flight.round)));
                 if let Some(group) = state.groups.get_mut(&flight.group) {
                     group.free.push_back(flight.session);
-                    if let Some(member) = group.members.get_mut(&flight.session) {
-                        member.quarantined_until = 0;
-                    }
                 }
             }
             held
@@ -306,6 +337,16 @@ impl RoundRobin {
     /// The queue, for `/health`.
     pub fn queue(&self) -> &Arc<dyn WorkQueue> {
         &self.shared.queue
+    }
+}
+
+/// Settles the deliveries of rounds whose result eventd recognized as a second execution
+/// (the first one completed elsewhere): the agent answered, so its slot is free again.
+pub async fn settle_duplicates(mut rounds_rx: mpsc::Receiver<String>, rounds: RoundRobin) {
+    while let Some(id) = rounds_rx.recv().await {
+        if let Some(round) = RoundRef::parse(&id) {
+            rounds.settle(&round);
+        }
     }
 }
 
@@ -585,8 +626,11 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
     let now = now_ms();
     // Already completed (a redelivery racing the acknowledgement): settle, do not run again.
     let known_done = shared.completed().contains(&round.id);
+    // A redelivery — or a round older than a period: a restarted queue may have lost its
+    // delivery count — may have completed already; the round record says.
+    let maybe_done = delivery.attempt > 1 || now - header.tick_ms > header.budget.period_ms;
     let done = known_done
-        || (delivery.attempt > 1
+        || (maybe_done
             && record::is_completed(shared.store.as_ref(), &round, header.budget.period_ms)
                 .await
                 .unwrap_or(false));
@@ -605,6 +649,40 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
             .await;
         return;
     }
+    if let Some(until) = restart_grace_until(shared.started_ms, &header).filter(|u| *u > now) {
+        give_back(shared, group, session, true);
+        spawn_nak_after(delivery, Duration::from_millis((until - now) as u64));
+        return;
+    }
+    // An agent runs one execution of a check at a time: hand the round to an agent that is
+    // not running this check, or put it back for a moment.
+    let key = execution_key(&round);
+    let chosen = {
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        if !state.holding.contains(&(session, key.clone())) {
+            Some(session)
+        } else {
+            let holding = &state.holding;
+            state.groups.get_mut(group).and_then(|group_state| {
+                let position = group_state.free.iter().position(|id| {
+                    !holding.contains(&(*id, key.clone()))
+                        && group_state
+                            .members
+                            .get(id)
+                            .is_some_and(|member| member.quarantined_until <= now)
+                })?;
+                let other = group_state.free.remove(position)?;
+                group_state.free.push_front(session);
+                Some(other)
+            })
+        }
+    };
+    let Some(session) = chosen else {
+        give_back(shared, group, session, true);
+        spawn_nak_after(delivery, Duration::from_millis(200));
+        return;
+    };
     let Some(handle) = shared.dispatcher.session(session) else {
         // The agent left between taking the slot and now; the sweeper drops its slots.
         spawn_nak(delivery);
@@ -644,8 +722,9 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
         deadline_ms: now + header.budget.in_flight_ms(),
         last_progress_ms: now,
     };
-    shared
-        .lock()
+    let mut state = shared.lock();
+    state.holding.insert((session, key));
+    state
         .in_flight
         .entry(flight.round.id.clone())
         .or_default()
@@ -658,6 +737,15 @@ fn spawn_ack(delivery: Delivery) {
         if let Err(err) = delivery.ack().await {
             // The queue redelivers it; the redelivery is recognized as completed.
             tracing::warn!(%msg_id, %err, "acknowledging a round failed");
+        }
+    });
+}
+
+fn spawn_nak_after(delivery: Delivery, delay: Duration) {
+    tokio::spawn(async move {
+        let msg_id = delivery.msg_id.clone();
+        if let Err(err) = delivery.nak(delay).await {
+            tracing::warn!(%msg_id, %err, "releasing a round failed");
         }
     });
 }
@@ -740,6 +828,9 @@ fn sweep(shared: &Shared, membership_changed: bool) -> Vec<InFlight> {
             state.in_flight.remove(&round_id);
         }
         for (flight, gone) in &release {
+            state
+                .holding
+                .remove(&(flight.session, execution_key(&flight.round)));
             let Some(group_state) = state.groups.get_mut(&flight.group) else {
                 continue;
             };
@@ -773,6 +864,10 @@ async fn report_progress(shared: &Shared, flights: Vec<InFlight>) {
             tracing::debug!(round = %flight.round.id, %err, "reporting round progress failed");
         }
         if shared.completed().contains(&flight.round.id) {
+            shared
+                .lock()
+                .holding
+                .remove(&(flight.session, execution_key(&flight.round)));
             give_back(shared, &flight.group, flight.session, false);
             spawn_ack(flight.delivery);
         } else {
