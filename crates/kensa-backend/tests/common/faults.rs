@@ -19,11 +19,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the process that needs it).
+/// A port nothing listens on, for a process this test starts later. Picked below Linux's
+/// ephemeral range (32768+), so the port cannot meanwhile be handed to an outgoing connection
+/// or a `bind(0)` (a proxy, a client), and never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start somewhere different per process, so concurrent test binaries rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "no free port left below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Wall-clock time in Unix milliseconds (the unit of round ticks).
