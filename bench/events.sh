@@ -19,7 +19,9 @@
 # WINDOW=200, DURATION=30, WARMUP=5, DRAIN=20, STATUS_MIX="0:90,1:5,2:5",
 # PG_URL=postgres://postgres@127.0.0.1:5432 (server with trust auth), RESULTS_TAG (appended to
 # the file name), PERF_OUT (a file: record the backend with `perf record -g` during the
-# measurement and write `perf report` there), BACKEND_LD_PRELOAD (e.g.
+# measurement and write `perf report` there; the recording is kept as <PERF_OUT>.<store>.data),
+# PERF_CALL_GRAPH (perf's --call-graph mode, default fp; release builds have no frame pointers,
+# so `dwarf` gives the real call chains at a higher recording cost), BACKEND_LD_PRELOAD (e.g.
 # /usr/lib/x86_64-linux-gnu/libjemalloc.so.2, to compare allocators without rebuilding; use a
 # RESULTS_TAG with it), SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
 set -euo pipefail
@@ -42,6 +44,7 @@ STATUS_MIX=${STATUS_MIX:-0:90,1:5,2:5}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 RESULTS_TAG=${RESULTS_TAG:-}
 PERF_OUT=${PERF_OUT:-}
+PERF_CALL_GRAPH=${PERF_CALL_GRAPH:-fp}
 BACKEND_LD_PRELOAD=${BACKEND_LD_PRELOAD:-}
 ADMIN_USER=admin
 ADMIN_PASSWORD='P@ssw0rd!'
@@ -145,7 +148,8 @@ run_store() {
         # Start recording when the measurement starts (after connect and warm-up).
         (
             sleep $((WARMUP + 3))
-            exec perf record -g -F 499 -p "$BACKEND_PID" -o "$STATE_DIR/perf.data" -- sleep $((DURATION - WARMUP))
+            exec perf record --call-graph "$PERF_CALL_GRAPH" -F 499 -p "$BACKEND_PID" \
+                -o "$STATE_DIR/perf.data" -- sleep $((DURATION - WARMUP))
         ) >"$STATE_DIR/perf.log" 2>&1 &
         PERF_PID=$!
     fi
@@ -181,6 +185,7 @@ run_store() {
             --sort dso,symbol >"$PERF_OUT.$store" 2>/dev/null ||
             log "$store: perf report failed (see $STATE_DIR/perf.log)"
         [[ -s "$PERF_OUT.$store" ]] && log "$store: perf report in $PERF_OUT.$store"
+        mv "$STATE_DIR/perf.data" "$PERF_OUT.$store.data" 2>/dev/null || true
     fi
     cleanup
 }

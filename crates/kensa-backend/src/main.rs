@@ -5,6 +5,14 @@ use kensa_backend::config::{Cli, Command};
 use kensa_backend::{bootstrap, server};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, not glibc's malloc: the event path allocates and frees many small JSON nodes on
+/// several threads, which glibc served with ~35 % of the backend's CPU (arena contention,
+/// consolidation) and an RSS that kept growing; jemalloc's per-thread caches cost a fraction
+/// of that (bench/events.sh, BENCHMARKS.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KENSA_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn"))

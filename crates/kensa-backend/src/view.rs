@@ -7,11 +7,12 @@
 //! (R) before answering, so a client reads its own writes through the view. Writes made on
 //! another backend arrive as fast as the store's change notification (well under a second).
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use kensa_store::{ChangeOp, Key, ListQuery, Store};
+use kensa_store::{ChangeOp, Key, ListQuery, RawChange, Store};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -44,10 +45,30 @@ pub const VIEW_KINDS: &[&str] = &[
 /// so (`RecvError::Lagged`) and must resynchronize from the view.
 const CHANGE_BROADCAST_CAPACITY: usize = 16_384;
 
-type Entries = BTreeMap<(String, String), Arc<Value>>;
+/// One resource of the view: its value and, once someone asked for it, its typed form.
+struct Entry {
+    value: Arc<Value>,
+    /// The typed form [`ConfigView::decoded`] made of `value` (each kind is decoded to one
+    /// type), so hot paths (pipelines, eventd) do not decode the same JSON once per event. A
+    /// change of the resource replaces the whole entry, so it is never stale.
+    typed: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl Entry {
+    fn new(value: Value) -> Arc<Entry> {
+        Arc::new(Entry {
+            value: Arc::new(value),
+            typed: OnceLock::new(),
+        })
+    }
+}
+
+/// One kind: namespace → name → entry, so one namespace is a lookup and every key is found
+/// by `&str` without building owned keys; iteration is in (namespace, name) order.
+type Entries = BTreeMap<String, BTreeMap<String, Arc<Entry>>>;
 
 pub struct ConfigView {
-    /// Per kind, `(namespace, name) → value`. Written only by the follower task; the lock is
+    /// Per kind, namespace → name → entry. Written only by the follower task; the lock is
     /// never held across an await.
     entries: RwLock<HashMap<String, Entries>>,
     /// The store revision the view reflects; waiters subscribe to it.
@@ -85,7 +106,10 @@ impl ConfigView {
             loop {
                 let page = store.list(&query).await?;
                 for item in page.items {
-                    entries.insert((item.key.namespace, item.key.name), Arc::new(item.value));
+                    entries
+                        .entry(item.key.namespace)
+                        .or_default()
+                        .insert(item.key.name, Entry::new(item.value));
                 }
                 match page.continue_token {
                     Some(token) => query.continue_token = Some(token),
@@ -98,62 +122,31 @@ impl ConfigView {
         Ok(())
     }
 
-    /// Follows the change feed until `shutdown`. Store errors are logged and retried.
+    /// Follows the change feed until `shutdown`. Store errors are logged and retried. Only
+    /// the view's kinds are read: events, written at event rate, are skipped inside the store.
     pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
         loop {
             let after = *self.applied.borrow();
-            let changes = tokio::select! {
+            let read = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changes = store.changes_since(after, 1000) => changes,
+                read = store.changes_of_kinds(after, VIEW_KINDS, 1000) => read,
             };
-            match changes {
-                Ok(changes) if changes.is_empty() => {
+            match read {
+                Ok(read) if read.pruned => {
+                    // The feed was pruned past us (or we fell far behind): start over.
+                    tracing::warn!(after, "config view fell behind the change feed; reloading");
+                    if let Err(err) = self.reload(store.as_ref()).await {
+                        tracing::error!(%err, "config view reload failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Ok(read) if read.through == after => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = store.wait_for_change(after) => {}
                     }
                 }
-                Ok(changes) => {
-                    if changes[0].revision != after + 1 {
-                        // The feed was pruned past us (or we fell far behind): start over.
-                        tracing::warn!(
-                            after,
-                            first = changes[0].revision,
-                            "config view fell behind the change feed; reloading"
-                        );
-                        if let Err(err) = self.reload(store.as_ref()).await {
-                            tracing::error!(%err, "config view reload failed");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        continue;
-                    }
-                    let last = changes.last().map(|c| c.revision).unwrap_or(after);
-                    let mut changed_keys = Vec::new();
-                    {
-                        let mut entries = self.entries.write().expect("view lock poisoned");
-                        for change in changes {
-                            if !VIEW_KINDS.contains(&change.key.kind.as_str()) {
-                                continue;
-                            }
-                            changed_keys.push(change.key.clone());
-                            let kind = entries.entry(change.key.kind).or_default();
-                            let slot = (change.key.namespace, change.key.name);
-                            match (change.op, change.value) {
-                                (ChangeOp::Put, Some(value)) => {
-                                    kind.insert(slot, Arc::new(value));
-                                }
-                                _ => {
-                                    kind.remove(&slot);
-                                }
-                            }
-                        }
-                    }
-                    self.applied.send_replace(last);
-                    for key in changed_keys {
-                        // No subscriber is fine: nobody needs to react.
-                        let _ = self.changed.send(Arc::new(key));
-                    }
-                }
+                Ok(read) => self.apply(read.changes, read.through),
                 Err(err) => {
                     tracing::warn!(%err, "config view could not read the change feed; retrying");
                     tokio::select! {
@@ -165,6 +158,57 @@ impl ConfigView {
         }
     }
 
+    /// Applies changes of the view's kinds, then records that the view reflects `through`
+    /// and tells subscribers which keys changed.
+    fn apply(&self, changes: Vec<RawChange>, through: i64) {
+        // Parsed before the lock is taken. A stored value that is not JSON (never written by
+        // the API) removes the entry rather than keeping a stale one.
+        let parsed: Vec<(Key, Option<Value>)> = changes
+            .into_iter()
+            .map(|change| {
+                let value = match change.op {
+                    ChangeOp::Put => change.value.and_then(|text| {
+                        serde_json::from_str(&text)
+                            .map_err(|err| {
+                                tracing::warn!(key = %change.key, %err, "stored value is not JSON");
+                            })
+                            .ok()
+                    }),
+                    ChangeOp::Delete => None,
+                };
+                (change.key, value)
+            })
+            .collect();
+        let mut changed_keys = Vec::with_capacity(parsed.len());
+        {
+            let mut entries = self.entries.write().expect("view lock poisoned");
+            for (key, value) in parsed {
+                changed_keys.push(key.clone());
+                let kind = entries.entry(key.kind).or_default();
+                match value {
+                    Some(value) => {
+                        kind.entry(key.namespace)
+                            .or_default()
+                            .insert(key.name, Entry::new(value));
+                    }
+                    None => {
+                        if let Some(names) = kind.get_mut(&key.namespace) {
+                            names.remove(&key.name);
+                            if names.is_empty() {
+                                kind.remove(&key.namespace);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.applied.send_replace(through);
+        for key in changed_keys {
+            // No subscriber is fine: nobody needs to react.
+            let _ = self.changed.send(Arc::new(key));
+        }
+    }
+
     /// Waits (at most a few seconds) until the view reflects `revision`.
     pub async fn wait_for(&self, revision: i64) {
         let mut applied = self.applied.subscribe();
@@ -173,22 +217,37 @@ impl ConfigView {
     }
 
     pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
-        let entries = self.entries.read().expect("view lock poisoned");
-        entries
-            .get(&key.kind)?
-            .get(&(key.namespace.clone(), key.name.clone()))
-            .cloned()
+        self.entry(&key.kind, &key.namespace, &key.name)
+            .map(|entry| entry.value.clone())
     }
 
-    /// Every value of `kind`, in `namespace` if given, ordered by (namespace, name).
-    pub fn list(&self, kind: &str, namespace: Option<&str>) -> Vec<Arc<Value>> {
+    fn entry(&self, kind: &str, namespace: &str, name: &str) -> Option<Arc<Entry>> {
+        let entries = self.entries.read().expect("view lock poisoned");
+        entries.get(kind)?.get(namespace)?.get(name).cloned()
+    }
+
+    fn entries_of(&self, kind: &str, namespace: Option<&str>) -> Vec<Arc<Entry>> {
         let entries = self.entries.read().expect("view lock poisoned");
         let Some(kind) = entries.get(kind) else {
             return Vec::new();
         };
-        kind.iter()
-            .filter(|((ns, _), _)| namespace.is_none_or(|wanted| wanted == ns))
-            .map(|(_, value)| value.clone())
+        match namespace {
+            Some(namespace) => kind
+                .get(namespace)
+                .map(|names| names.values().cloned().collect())
+                .unwrap_or_default(),
+            None => kind
+                .values()
+                .flat_map(|names| names.values().cloned())
+                .collect(),
+        }
+    }
+
+    /// Every value of `kind`, in `namespace` if given, ordered by (namespace, name).
+    pub fn list(&self, kind: &str, namespace: Option<&str>) -> Vec<Arc<Value>> {
+        self.entries_of(kind, namespace)
+            .into_iter()
+            .map(|entry| entry.value.clone())
             .collect()
     }
 
@@ -200,14 +259,19 @@ impl ConfigView {
         namespace: &str,
         name: &str,
     ) -> Option<T> {
-        let value = self.get(&Key::new(kind, namespace, name))?;
-        match T::deserialize(value.as_ref()) {
-            Ok(decoded) => Some(decoded),
-            Err(err) => {
-                tracing::warn!(kind, namespace, name, %err, "stored resource does not decode");
-                None
-            }
-        }
+        let entry = self.entry(kind, namespace, name)?;
+        decode_logged(&entry.value, kind, namespace, name)
+    }
+
+    /// Like [`ConfigView::decode`], shared: the typed form is decoded once per version of the
+    /// resource and then handed out again, so per-event lookups (handlers, filters,
+    /// silences) cost no JSON decoding.
+    pub fn decoded<T>(&self, kind: &str, namespace: &str, name: &str) -> Option<Arc<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let entry = self.entry(kind, namespace, name)?;
+        typed(&entry, kind, namespace, name)
     }
 
     /// Every resource of `kind` in `namespace` (all namespaces when `None`), decoded.
@@ -216,9 +280,21 @@ impl ConfigView {
         kind: &str,
         namespace: Option<&str>,
     ) -> Vec<T> {
-        self.list(kind, namespace)
+        self.entries_of(kind, namespace)
             .iter()
-            .filter_map(|value| T::deserialize(value.as_ref()).ok())
+            .filter_map(|entry| T::deserialize(entry.value.as_ref()).ok())
+            .collect()
+    }
+
+    /// [`ConfigView::decode_all`], shared like [`ConfigView::decoded`]. Values that do not
+    /// decode are skipped.
+    pub fn decoded_all<T>(&self, kind: &str, namespace: Option<&str>) -> Vec<Arc<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        self.entries_of(kind, namespace)
+            .iter()
+            .filter_map(|entry| typed_quiet(entry))
             .collect()
     }
 
@@ -233,6 +309,57 @@ impl ConfigView {
     }
 }
 
+/// Decodes `value` as `T`, logging (with the resource's key) when it does not decode.
+fn decode_logged<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(decoded) => Some(decoded),
+        Err(err) => {
+            tracing::warn!(kind, namespace, name, %err, "stored resource does not decode");
+            None
+        }
+    }
+}
+
+/// The entry's typed form as `T`: the cached one, else decoded (and cached unless another type
+/// got there first, which no caller does: each kind has one type).
+fn typed<T>(entry: &Entry, kind: &str, namespace: &str, name: &str) -> Option<Arc<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    cached_or(entry, || decode_logged(&entry.value, kind, namespace, name))
+}
+
+/// [`typed`] without the log line (for listings, which skip what does not decode).
+fn typed_quiet<T>(entry: &Entry) -> Option<Arc<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    cached_or(entry, || T::deserialize(entry.value.as_ref()).ok())
+}
+
+fn cached_or<T>(entry: &Entry, decode: impl FnOnce() -> Option<T>) -> Option<Arc<T>>
+where
+    T: Send + Sync + 'static,
+{
+    if let Some(cached) = entry.typed.get() {
+        if let Ok(typed) = Arc::clone(cached).downcast::<T>() {
+            return Some(typed);
+        }
+        return decode().map(Arc::new);
+    }
+    // A value that does not decode is not cached: it is retried (and logged) each time, as
+    // before there was a cache.
+    let decoded = Arc::new(decode()?);
+    // Two threads may decode at once; the first one's result is kept, both are equal.
+    let _ = entry.typed.set(decoded.clone());
+    Some(decoded)
+}
+
 impl crate::auth::rbac::RbacSource for ConfigView {
     fn cluster_role_bindings(&self) -> Vec<Arc<Value>> {
         self.list("clusterrolebindings", Some(""))
@@ -245,5 +372,148 @@ impl crate::auth::rbac::RbacSource for ConfigView {
     }
     fn role(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
         self.get(&Key::new("roles", namespace, name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kensa_store::sqlite::SqliteStore;
+    use kensa_store::{Key, Precondition, Store};
+    use kensa_types::resources::handler::Handler;
+    use serde_json::json;
+    use tokio::sync::broadcast::error::TryRecvError;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    fn handler(command: &str) -> Value {
+        json!({"metadata": {"name": "h", "namespace": "default"}, "type": "pipe",
+               "command": command})
+    }
+
+    /// A view following a fresh in-memory store until the returned token is cancelled.
+    async fn following() -> (Arc<dyn Store>, Arc<ConfigView>, CancellationToken) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+        let view = ConfigView::load(store.as_ref()).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(view.clone().follow(store.clone(), stop.clone()));
+        (store, view, stop)
+    }
+
+    async fn caught_up(store: &dyn Store, view: &ConfigView) {
+        let head = store.revision().await.unwrap();
+        view.wait_for(head).await;
+        assert_eq!(view.revision(), head, "the view reflects the store's head");
+    }
+
+    /// Events are skipped, yet the view's revision still reaches the head (API writes wait on
+    /// it), configuration changes are applied and announced, and events are not.
+    #[tokio::test]
+    async fn follows_configuration_and_moves_past_events() {
+        let (store, view, stop) = following().await;
+        let mut changed = view.subscribe();
+        let key = Key::new("handlers", "default", "h");
+        store
+            .put(&key, &handler("a"), Precondition::None)
+            .await
+            .unwrap();
+        let events: Vec<(Key, Value)> = (0..50)
+            .map(|index| {
+                let event = Key::new("events", "default", format!("e/{index}"));
+                (event, json!({"check": {"status": index}}))
+            })
+            .collect();
+        store.put_all(&events).await.unwrap();
+        caught_up(store.as_ref(), &view).await;
+        assert_eq!(view.get(&key).as_deref(), Some(&handler("a")));
+        assert_eq!(view.get(&events[0].0), None, "events are not kept");
+        assert_eq!(*changed.try_recv().unwrap(), key);
+        assert!(matches!(changed.try_recv(), Err(TryRecvError::Empty)));
+
+        store.delete(&key, Precondition::None).await.unwrap();
+        store.put_all(&events).await.unwrap();
+        caught_up(store.as_ref(), &view).await;
+        assert_eq!(view.get(&key), None);
+        assert_eq!(*changed.try_recv().unwrap(), key);
+        assert!(matches!(changed.try_recv(), Err(TryRecvError::Empty)));
+        stop.cancel();
+    }
+
+    /// A typed form is decoded once per version of a resource and shared; a new version is
+    /// decoded anew.
+    #[tokio::test]
+    async fn decoded_forms_are_shared_until_the_resource_changes() {
+        let (store, view, stop) = following().await;
+        let key = Key::new("handlers", "default", "h");
+        store
+            .put(&key, &handler("a"), Precondition::None)
+            .await
+            .unwrap();
+        caught_up(store.as_ref(), &view).await;
+        let first: Arc<Handler> = view.decoded("handlers", "default", "h").unwrap();
+        let again: Arc<Handler> = view.decoded("handlers", "default", "h").unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.command, "a");
+        assert_eq!(
+            view.decode::<Handler>("handlers", "default", "h").as_ref(),
+            Some(first.as_ref())
+        );
+        assert_eq!(
+            view.decoded_all::<Handler>("handlers", Some("default"))
+                .len(),
+            1
+        );
+        assert!(view
+            .decoded_all::<Handler>("handlers", Some("other"))
+            .is_empty());
+
+        store
+            .put(&key, &handler("b"), Precondition::None)
+            .await
+            .unwrap();
+        caught_up(store.as_ref(), &view).await;
+        let changed: Arc<Handler> = view.decoded("handlers", "default", "h").unwrap();
+        assert_eq!(changed.command, "b");
+        assert_eq!(first.command, "a", "holders of the old version keep it");
+        assert_eq!(
+            view.decoded::<Handler>("handlers", "default", "missing"),
+            None
+        );
+        stop.cancel();
+    }
+
+    /// A view whose next change was pruned from the feed reloads and catches up.
+    #[tokio::test]
+    async fn reloads_when_the_feed_was_pruned_past_it() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+        let view = ConfigView::load(store.as_ref()).await.unwrap();
+        let key = Key::new("handlers", "default", "h");
+        store
+            .put(&key, &handler("a"), Precondition::None)
+            .await
+            .unwrap();
+        store
+            .put(
+                &Key::new("events", "default", "e/1"),
+                &json!({}),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        let head = store.revision().await.unwrap();
+        store.prune_changes(head).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(view.clone().follow(store.clone(), stop.clone()));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while view.revision() < head {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the view reloads");
+        assert_eq!(view.get(&key).as_deref(), Some(&handler("a")));
+        stop.cancel();
     }
 }

@@ -119,7 +119,12 @@ impl Loop {
     /// A pipe handler that appends every event it receives (one JSON per line) to a file.
     async fn recording_handler(&self, name: &str, filters: &[&str]) -> PathBuf {
         let file = self.dir.path().join(format!("{name}.jsonl"));
-        let command = format!("cat >> '{}'; echo >> '{}'", file.display(), file.display());
+        // One handler process per event, possibly several at once: the lock keeps each
+        // event's JSON and its newline together.
+        let command = format!(
+            "flock '{0}.lock' sh -c \"cat >> '{0}'; echo >> '{0}'\"",
+            file.display()
+        );
         expect(
             self.client
                 .post(

@@ -9,8 +9,8 @@
 //! invalid otherwise (empty, truncated, over [`MAX_PAYLOAD`]).
 //!
 //! Connections read at once are bounded by [`MAX_CONNECTIONS`]: when all are taken the accept
-//! loop waits, and further deliveries wait in the kernel's listen backlog (the backend's
-//! handler then sees a slow connect, never a refused one while the backlog has room).
+//! loop waits, and further deliveries wait in the kernel's listen backlog ([`BACKLOG`]; the
+//! backend's handler then sees a slow connect, never a refused one while the backlog has room).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +20,13 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, Semaphore};
 
 /// Connections being read at once.
 const MAX_CONNECTIONS: usize = 1024;
+/// Finished connections the kernel queues for `accept` (capped by `net.core.somaxconn`).
+const BACKLOG: u32 = 8192;
 /// Largest payload accepted; larger ones are counted invalid and dropped.
 const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// A connection that sends nothing for this long is counted invalid and closed.
@@ -60,9 +62,8 @@ pub struct Sink {
 impl Sink {
     /// Binds `address` (port 0 for any) and starts accepting.
     pub async fn bind(address: SocketAddr) -> anyhow::Result<Sink> {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("binding the handler sink on {address}"))?;
+        let listener =
+            listen(address).with_context(|| format!("binding the handler sink on {address}"))?;
         let address = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let accept_loop = tokio::spawn(accept(listener, counters.clone()));
@@ -127,6 +128,23 @@ impl Drop for Sink {
     fn drop(&mut self) {
         self.accept_loop.abort();
     }
+}
+
+/// Binds `address` with a listen backlog of [`BACKLOG`]: the backend's handler returns as soon
+/// as it has written and closed, so finished connections queue up faster than one accept loop
+/// takes them whenever the load generator is briefly off the CPU. With tokio's default backlog
+/// (1,024) the queue overflowed, the kernel dropped connection attempts and the handler's
+/// connect waited a full SYN retransmission (1 s), stalling the backend's pipelines (and, by
+/// back-pressure, its acknowledgements) in bursts — a load generator artifact, not backend work.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
 }
 
 async fn accept(listener: TcpListener, counters: Arc<Counters>) {

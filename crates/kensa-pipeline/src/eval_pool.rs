@@ -19,6 +19,8 @@ use kensa_types::resources::filter::{EventFilter, ACTION_DENY};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::expression::{EventView, Expression};
+
 /// Queued jobs per thread before senders wait.
 const QUEUE_PER_THREAD: usize = 64;
 
@@ -218,6 +220,28 @@ fn run_job(engine: &mut Engine, job: Job) {
             let _ = reply.send(engine.mutate(&eval, &event, &env_vars, timeout));
         }
     }
+}
+
+/// The verdict of `filter` for `event` when every expression it evaluates can
+/// be decided without JavaScript (see `expression.rs`), else `None` (the filter then goes to
+/// the JavaScript threads whole). Uses [`evaluate_filter`], so allow/deny and short-circuiting
+/// are the same as on those threads; decided expressions never fail.
+pub(crate) fn decide_without_javascript(
+    filter: &EventFilter,
+    event: &EventView<'_>,
+) -> Option<FilterVerdict> {
+    let mut undecided = false;
+    let verdict = evaluate_filter(filter, |source| {
+        match Expression::parse(source).and_then(|expression| expression.decide(event)) {
+            Some(value) => Ok(value),
+            None => {
+                // The verdict is discarded; any value lets evaluate_filter finish.
+                undecided = true;
+                Ok(false)
+            }
+        }
+    });
+    (!undecided).then_some(verdict)
 }
 
 /// allow: AND, stopping at the first expression that is false or fails. deny: OR, stopping at

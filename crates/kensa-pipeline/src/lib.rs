@@ -6,8 +6,9 @@
 //! 1. `workflow.rs` builds the workflows, resolving every filter, mutator and handler once
 //!    through the [`Resolver`] (the backend's in-memory view — never the store).
 //! 2. `filter.rs` settles what needs no JavaScript; the stored filters whose expressions still
-//!    matter are evaluated in ONE job on the JavaScript threads (`eval_pool.rs`), which bind
-//!    the redacted event once.
+//!    matter are decided natively when every expression is a plain comparison
+//!    (`expression.rs`, exactly JavaScript's answer), and the rest are evaluated in ONE job on
+//!    the JavaScript threads (`eval_pool.rs`), which bind the redacted event once.
 //! 3. The workflows then run concurrently: filters in order (the first that stops the event
 //!    wins), the mutator (`mutator.rs`), the handler (`handler.rs`). Mutator and handler run
 //!    under a permit of a semaphore shared by all events, so at most
@@ -20,6 +21,8 @@
 //! (`namespace/entity/check`) and the handler.
 
 mod eval_pool;
+mod expression;
+mod field;
 mod filter;
 mod handler;
 mod mutator;
@@ -39,6 +42,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::eval_pool::{EvalPool, FilterVerdict};
+use crate::expression::EventView;
 use crate::filter::StaticDecision;
 use crate::workflow::{ResolvedFilter, Workflow, WorkflowFilter, WorkflowHandler};
 
@@ -69,6 +73,10 @@ impl Default for Settings {
         }
     }
 }
+
+/// Events whose JSON is larger than this always have their filters run in JavaScript (never
+/// decided natively), so the engine's heap and time limits keep applying to them.
+const NATIVE_EVENT_BYTES: usize = 1 << 20;
 
 /// What happened to one workflow (one handler) for one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,9 +178,33 @@ impl Pipelines {
         if needed.is_empty() {
             return (BTreeMap::new(), Vec::new());
         }
-        let (names, filters): (Vec<String>, Vec<Arc<EventFilter>>) = needed.into_iter().unzip();
-        let verdicts = self.eval.filters(ctx.redacted_value(), now, filters).await;
-        let verdicts: BTreeMap<String, FilterVerdict> = names.into_iter().zip(verdicts).collect();
+        // Filters whose expressions are plain comparisons are decided here, exactly as
+        // JavaScript would (`expression.rs`), mostly without even building the event as JSON;
+        // only the others make the trip to the JavaScript threads. Events that are very large
+        // (or do not serialize) always go there, so its limits and failures apply as before.
+        let native = ctx
+            .json()
+            .is_ok_and(|json| json.len() <= NATIVE_EVENT_BYTES);
+        let view = EventView::new(&ctx.event);
+        let mut verdicts: BTreeMap<String, FilterVerdict> = BTreeMap::new();
+        let mut for_javascript: Vec<(String, Arc<EventFilter>)> = Vec::new();
+        for (name, filter) in needed {
+            let decided = native
+                .then(|| eval_pool::decide_without_javascript(&filter, &view))
+                .flatten();
+            match decided {
+                Some(verdict) => {
+                    verdicts.insert(name, verdict);
+                }
+                None => for_javascript.push((name, filter)),
+            }
+        }
+        if !for_javascript.is_empty() {
+            let (names, filters): (Vec<String>, Vec<Arc<EventFilter>>) =
+                for_javascript.into_iter().unzip();
+            let evaluated = self.eval.filters(view.into_redacted(), now, filters).await;
+            verdicts.extend(names.into_iter().zip(evaluated));
+        }
         let mut errors = Vec::new();
         for (filter, verdict) in &verdicts {
             for (expression, error) in &verdict.errors {
@@ -364,16 +396,16 @@ impl EventContext {
             })
             .clone()
     }
+}
 
-    /// The event as filters see it: its entity's redacted labels and annotations hidden. (A
-    /// serialization failure gives `null`, on which every expression fails: fail closed.)
-    fn redacted_value(&self) -> Value {
-        let mut value = serde_json::to_value(&*self.event).unwrap_or(Value::Null);
-        if let Some(entity) = value.get_mut("entity") {
-            redact_entity_json(entity);
-        }
-        value
+/// The event as filters see it: its entity's redacted labels and annotations hidden. (A
+/// serialization failure gives `null`, on which every expression fails: fail closed.)
+pub(crate) fn redacted_json(event: &Event) -> Value {
+    let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let Some(entity) = value.get_mut("entity") {
+        redact_entity_json(entity);
     }
+    value
 }
 
 /// `KEY=VALUE` entries as pairs; entries without `=` are skipped.

@@ -92,6 +92,9 @@ pub const CASES: &[(&str, Case)] = &[
     ("put_all_is_atomic_and_consecutive", |store| {
         Box::pin(put_all_is_atomic_and_consecutive(store))
     }),
+    ("put_all_keeps_the_last_write_of_a_key", |store| {
+        Box::pin(put_all_keeps_the_last_write_of_a_key(store))
+    }),
     ("change_feed_records_every_write", |store| {
         Box::pin(change_feed_records_every_write(store))
     }),
@@ -99,6 +102,20 @@ pub const CASES: &[(&str, Case)] = &[
         "change_feed_is_complete_under_concurrent_writers",
         |store| Box::pin(change_feed_is_complete_under_concurrent_writers(store)),
     ),
+    ("change_feed_by_kinds", |store| {
+        Box::pin(change_feed_by_kinds(store))
+    }),
+    (
+        "change_feed_by_kinds_is_complete_under_concurrent_writers",
+        |store| {
+            Box::pin(change_feed_by_kinds_is_complete_under_concurrent_writers(
+                store,
+            ))
+        },
+    ),
+    ("change_feed_by_kinds_reports_pruning", |store| {
+        Box::pin(change_feed_by_kinds_reports_pruning(store))
+    }),
     ("prune_changes_forgets_old_entries_only", |store| {
         Box::pin(prune_changes_forgets_old_entries_only(store))
     }),
@@ -181,8 +198,12 @@ macro_rules! store_conformance_tests {
             delete_prefix_removes_only_matches,
             count_in_namespace_counts_every_kind,
             put_all_is_atomic_and_consecutive,
+            put_all_keeps_the_last_write_of_a_key,
             change_feed_records_every_write,
             change_feed_is_complete_under_concurrent_writers,
+            change_feed_by_kinds,
+            change_feed_by_kinds_is_complete_under_concurrent_writers,
+            change_feed_by_kinds_reports_pruning,
             prune_changes_forgets_old_entries_only,
             wait_for_change_wakes_on_a_write,
             conditional_puts_never_lose_an_update,
@@ -857,6 +878,64 @@ pub async fn put_all_is_atomic_and_consecutive(store: Arc<dyn Store>) {
 }
 
 /// Each kind of write appears in the feed, in order, with its value (or none for deletes).
+/// A batch that writes some keys several times (an agent's check reporting twice before the
+/// writer commits) and is larger than any internal statement size: each key ends with its last
+/// value at that write's revision, and the feed still has every write, in order.
+pub async fn put_all_keeps_the_last_write_of_a_key(store: Arc<dyn Store>) {
+    const KEYS: usize = 70;
+    const ROUNDS: usize = 3;
+    let before = store.revision().await.unwrap();
+    // Round r writes every key; the last round skips the odd ones, so their last write is
+    // from the round before.
+    let mut batch = Vec::new();
+    for round in 0..ROUNDS {
+        for index in 0..KEYS {
+            if round == ROUNDS - 1 && index % 2 == 1 {
+                continue;
+            }
+            batch.push((
+                key("events", "default", &format!("e/{index:03}")),
+                json!({"round": round, "index": index}),
+            ));
+        }
+    }
+    store.put_all(&batch).await.unwrap();
+    let head = store.revision().await.unwrap();
+    assert_eq!(head, before + batch.len() as i64);
+
+    let changes = store.changes_since(before, batch.len()).await.unwrap();
+    let logged: Vec<(i64, Key, Option<Value>)> = changes
+        .into_iter()
+        .map(|change| (change.revision, change.key, change.value))
+        .collect();
+    let expected: Vec<(i64, Key, Option<Value>)> = (before + 1..)
+        .zip(&batch)
+        .map(|(revision, (key, value))| (revision, key.clone(), Some(value.clone())))
+        .collect();
+    assert_eq!(logged, expected);
+
+    for index in 0..KEYS {
+        let (position, (key, value)) = batch
+            .iter()
+            .enumerate()
+            .rfind(|(_, (key, _))| key.name == format!("e/{index:03}"))
+            .unwrap();
+        let stored = store.get(key).await.unwrap().unwrap();
+        assert_eq!(stored.value, *value, "{key}");
+        assert_eq!(stored.revision, before + 1 + position as i64, "{key}");
+    }
+    let listed = list_all(
+        store.as_ref(),
+        ListQuery {
+            kind: "events".into(),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), KEYS);
+}
+
 pub async fn change_feed_records_every_write(store: Arc<dyn Store>) {
     let start = store.revision().await.unwrap();
     let a = key("checks", "default", "a");
@@ -1013,6 +1092,250 @@ pub async fn change_feed_is_complete_under_concurrent_writers(store: Arc<dyn Sto
         sorted.sort();
         assert_eq!(own, sorted, "writer {writer}'s writes out of order");
     }
+}
+
+/// `changes_of_kinds` returns exactly the entries of the asked kinds that `changes_since`
+/// returns (values as their stored text), and `through` lets a follower page past the rest.
+pub async fn change_feed_by_kinds(store: Arc<dyn Store>) {
+    let start = store.revision().await.unwrap();
+    let check = key("checks", "default", "a");
+    let handler = key("handlers", "default", "h");
+    let event = |name: &str| key("events", "default", &format!("entity/{name}"));
+    store.create(&check, &json!({"v": 1})).await.unwrap();
+    store
+        .put_all(&[
+            (event("x"), json!({"v": 2})),
+            (event("y"), json!({"v": 3})),
+            (handler.clone(), json!({"b": 4, "a": "é"})),
+        ])
+        .await
+        .unwrap();
+    store.delete(&check, Precondition::None).await.unwrap();
+    store
+        .delete_prefix("events", "default", "entity/")
+        .await
+        .unwrap();
+    store
+        .put(&event("z"), &json!({"v": 5}), Precondition::None)
+        .await
+        .unwrap();
+    let head = store.revision().await.unwrap();
+    assert_eq!(head, start + 8);
+
+    // The same entries as the full feed, in order, values as stored text.
+    let wanted = ["checks", "handlers"];
+    let read = store.changes_of_kinds(start, &wanted, 0).await.unwrap();
+    let expected: Vec<_> = store
+        .changes_since(start, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|change| wanted.contains(&change.key.kind.as_str()))
+        .collect();
+    assert_eq!(
+        expected.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [start + 1, start + 4, start + 5]
+    );
+    assert!(!read.pruned);
+    assert_eq!(
+        read.through, head,
+        "a short read covers the feed to its head"
+    );
+    assert_eq!(
+        read.changes[1].value.as_deref(),
+        Some(r#"{"b":4,"a":"é"}"#),
+        "the stored text, fields in their order"
+    );
+    assert_eq!(read.changes[2].value, None, "a delete has no value");
+    let decoded: Vec<_> = read
+        .changes
+        .into_iter()
+        .map(|change| change.decode().unwrap())
+        .collect();
+    assert_eq!(decoded, expected);
+
+    // Paging: a full page ends at its last entry; the next read continues after it.
+    let mut seen = Vec::new();
+    let mut after = start;
+    loop {
+        let page = store.changes_of_kinds(after, &wanted, 2).await.unwrap();
+        assert!(page.changes.len() <= 2 && !page.pruned);
+        assert!(page.through >= after);
+        seen.extend(page.changes.iter().map(|c| c.revision));
+        if page.through == after {
+            break;
+        }
+        after = page.through;
+    }
+    assert_eq!(seen, [start + 1, start + 4, start + 5]);
+    assert_eq!(after, head);
+
+    // Events only, including the deletions of `delete_prefix`.
+    let events = store.changes_of_kinds(start, &["events"], 0).await.unwrap();
+    assert_eq!(
+        events
+            .changes
+            .iter()
+            .map(|c| (c.revision, c.op, c.key.name.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (start + 2, ChangeOp::Put, "entity/x"),
+            (start + 3, ChangeOp::Put, "entity/y"),
+            (start + 6, ChangeOp::Delete, "entity/x"),
+            (start + 7, ChangeOp::Delete, "entity/y"),
+            (start + 8, ChangeOp::Put, "entity/z"),
+        ]
+    );
+
+    // Nothing of those kinds (or no kinds at all): empty, but the follower still moves on.
+    for kinds in [&["silenced"][..], &[]] {
+        let none = store.changes_of_kinds(start, kinds, 0).await.unwrap();
+        assert!(none.changes.is_empty() && !none.pruned);
+        assert_eq!(none.through, head);
+    }
+    // At the head: nothing, and `through` stays where the caller is.
+    let at_head = store.changes_of_kinds(head, &wanted, 0).await.unwrap();
+    assert!(at_head.changes.is_empty() && !at_head.pruned);
+    assert_eq!(at_head.through, head);
+}
+
+/// The central follower property for filtered reads: with many concurrent writers, a follower
+/// of one kind that continues after `through` sees every write of that kind exactly once, in
+/// order, and none of the others.
+pub async fn change_feed_by_kinds_is_complete_under_concurrent_writers(store: Arc<dyn Store>) {
+    const WRITERS: usize = 6;
+    const WRITES_PER_WRITER: usize = 40;
+    // Writers with an even number write `checks`, the others `events`.
+    const FOLLOWED: usize = (WRITERS / 2) * WRITES_PER_WRITER;
+    let start = store.revision().await.unwrap();
+
+    let follower = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut after = start;
+            let mut seen = Vec::with_capacity(FOLLOWED);
+            while seen.len() < FOLLOWED {
+                let read = store
+                    .changes_of_kinds(after, &["checks"], 16)
+                    .await
+                    .unwrap();
+                assert!(!read.pruned);
+                assert!(read.through >= after, "through never goes back");
+                for change in &read.changes {
+                    assert!(change.revision > after && change.revision <= read.through);
+                    assert_eq!(change.key.kind, "checks");
+                }
+                if read.through == after {
+                    tokio::time::timeout(WAKE_TIMEOUT, store.wait_for_change(after))
+                        .await
+                        .expect("a write wakes the follower");
+                    continue;
+                }
+                after = read.through;
+                seen.extend(read.changes.into_iter().map(|change| change.key));
+            }
+            seen
+        }
+    });
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let kind = if writer % 2 == 0 { "checks" } else { "events" };
+                let name = |index: usize| key(kind, "load", &format!("w{writer}/{index:03}"));
+                if writer < 2 {
+                    for batch in (0..WRITES_PER_WRITER).collect::<Vec<_>>().chunks(4) {
+                        let items: Vec<(Key, Value)> = batch
+                            .iter()
+                            .map(|index| (name(*index), json!({"i": index})))
+                            .collect();
+                        store.put_all(&items).await.unwrap();
+                    }
+                } else {
+                    for index in 0..WRITES_PER_WRITER {
+                        store
+                            .put(&name(index), &json!({"i": index}), Precondition::None)
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = follower.await.unwrap();
+    let unique: BTreeSet<&Key> = seen.iter().collect();
+    assert_eq!(unique.len(), FOLLOWED, "every checks write exactly once");
+    for writer in (0..WRITERS).step_by(2) {
+        let prefix = format!("w{writer}/");
+        let own: Vec<&str> = seen
+            .iter()
+            .filter(|key| key.name.starts_with(&prefix))
+            .map(|key| key.name.as_str())
+            .collect();
+        assert_eq!(own.len(), WRITES_PER_WRITER);
+        let mut sorted = own.clone();
+        sorted.sort();
+        assert_eq!(own, sorted, "writer {writer}'s writes out of order");
+    }
+    // Caught up: the next read is empty and stays at the head.
+    let head = store.revision().await.unwrap();
+    let rest = store.changes_of_kinds(head, &["checks"], 0).await.unwrap();
+    assert!(rest.changes.is_empty());
+    assert_eq!(rest.through, head);
+}
+
+/// A filtered read cannot show pruning as a gap, so it says so: a follower whose next revision
+/// was pruned gets `pruned` (and must re-list); one still inside the feed reads on normally.
+pub async fn change_feed_by_kinds_reports_pruning(store: Arc<dyn Store>) {
+    let start = store.revision().await.unwrap();
+    for index in 0..6 {
+        let kind = if index % 2 == 0 { "checks" } else { "events" };
+        store
+            .put(
+                &key(kind, "default", &format!("c{index}")),
+                &json!({"i": index}),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+    }
+    let head = start + 6;
+    store.prune_changes(start + 3).await.unwrap();
+
+    for after in [start, start + 1] {
+        let read = store.changes_of_kinds(after, &["checks"], 0).await.unwrap();
+        assert!(read.pruned, "after {after}: its next revision was pruned");
+        assert!(read.changes.is_empty());
+        assert_eq!(read.through, after);
+    }
+    // Revision start + 3 is the oldest kept: a follower at start + 2 missed nothing.
+    let read = store
+        .changes_of_kinds(start + 2, &["checks"], 0)
+        .await
+        .unwrap();
+    assert!(!read.pruned);
+    assert_eq!(
+        read.changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [start + 3, start + 5]
+    );
+    assert_eq!(read.through, head);
+
+    // With the whole feed pruned, only a follower at the head is still current.
+    store.prune_changes(i64::MAX).await.unwrap();
+    assert!(
+        store
+            .changes_of_kinds(start + 2, &["checks"], 0)
+            .await
+            .unwrap()
+            .pruned
+    );
+    let current = store.changes_of_kinds(head, &["checks"], 0).await.unwrap();
+    assert!(!current.pruned && current.changes.is_empty());
+    assert_eq!(current.through, head);
 }
 
 pub async fn prune_changes_forgets_old_entries_only(store: Arc<dyn Store>) {

@@ -15,7 +15,9 @@
 //! - Conditional writes never silently overwrite: `create` fails with `AlreadyExists`,
 //!   `Precondition::Revision` fails with `Conflict` when the row moved on.
 //! - Every successful write is visible in the change feed ([`Store::changes_since`]) in
-//!   revision order, so other services (and other backends on PostgreSQL) can follow it.
+//!   revision order, so other services (and other backends on PostgreSQL) can follow it;
+//!   followers of a few kinds read [`Store::changes_of_kinds`], which skips the rest (events)
+//!   inside the store.
 //! - Listing is keyset-paginated on `(namespace, name)` in bytewise (UTF-8) order, the same on
 //!   both backends; nothing loads a whole table.
 //!
@@ -132,6 +134,48 @@ pub struct Change {
     pub value: Option<Value>,
 }
 
+/// One entry of the change feed with its value still the stored JSON text, as
+/// [`Store::changes_of_kinds`] returns it: a follower that keeps a summary parses only what it
+/// needs, and one that wants the document calls [`RawChange::decode`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawChange {
+    pub revision: i64,
+    pub op: ChangeOp,
+    pub key: Key,
+    /// The new value's JSON text for `Put`; `None` for `Delete`.
+    pub value: Option<String>,
+}
+
+impl RawChange {
+    /// The change with its value parsed, as [`Store::changes_since`] would have returned it.
+    pub fn decode(self) -> Result<Change> {
+        let value = match &self.value {
+            Some(text) => Some(sql::decode_value(&self.key, text)?),
+            None => None,
+        };
+        Ok(Change {
+            revision: self.revision,
+            op: self.op,
+            key: self.key,
+            value,
+        })
+    }
+}
+
+/// A read of the change feed restricted to some kinds ([`Store::changes_of_kinds`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindChanges {
+    /// The changes of the requested kinds, oldest first.
+    pub changes: Vec<RawChange>,
+    /// The read covered every revision up to this one, of any kind: the `after` of the next
+    /// read. Equal to `after` when the feed holds nothing newer (or when `pruned`).
+    pub through: i64,
+    /// The feed no longer holds the revision right after `after`: entries the caller has not
+    /// seen were pruned, so it must re-list (a filtered read cannot show this as a gap).
+    /// `changes` is then empty.
+    pub pruned: bool,
+}
+
 /// The store's domain errors; driver errors are translated at the boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -183,6 +227,19 @@ pub trait Store: Send + Sync + 'static {
     /// Changes with a revision greater than `after`, oldest first, at most `limit` (0 means
     /// [`DEFAULT_PAGE_SIZE`]). Empty when there is nothing newer.
     async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>>;
+
+    /// The changes of `kinds` with a revision greater than `after`, oldest first, at most
+    /// `limit` (0 means [`DEFAULT_PAGE_SIZE`]), values unparsed. Entries of other kinds are
+    /// skipped inside the store, so a follower of a few kinds costs nothing per event written.
+    /// Because the result skips revisions, the follower continues after
+    /// [`KindChanges::through`] and learns of pruning from [`KindChanges::pruned`], not from a
+    /// gap. Consistent like `changes_since`: nothing at or below `through` commits later.
+    async fn changes_of_kinds(
+        &self,
+        after: i64,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<KindChanges>;
 
     /// Forgets change-feed entries with a revision lower than `before_revision` (resources and
     /// the current revision are untouched). Returns how many entries were removed. The backend

@@ -16,6 +16,7 @@
 //! connection feeding its revision signal; `wait_for_change` also polls the revision every second
 //! so a notification lost to a reconnect delays a follower by at most that.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,8 @@ use tokio::task::JoinHandle;
 
 use crate::sql::{self, RevisionSignal};
 use crate::{
-    Change, ChangeOp, Key, ListQuery, Page, Precondition, Result, Store, StoreError, Stored,
+    Change, ChangeOp, Key, KindChanges, ListQuery, Page, Precondition, RawChange, Result, Store,
+    StoreError, Stored,
 };
 
 /// The NOTIFY channel carrying the revision of each committed write.
@@ -415,17 +417,90 @@ async fn delete_prefix_in(
     })
 }
 
-async fn put_all_in(conn: &mut PgConnection, items: &[(Key, String)]) -> Result<Written<()>> {
+async fn put_all_in(conn: &mut PgConnection, items: &[(&Key, String)]) -> Result<Written<()>> {
     let count = i64::try_from(items.len())
         .map_err(|_| StoreError::Internal("put_all: too many items".to_owned()))?;
     let first = allocate_revisions(conn, count).await?;
-    for (revision, (key, value_text)) in (first..).zip(items) {
-        upsert(conn, key, value_text, revision).await?;
+    let subject = format!("put_all of {count} items");
+    // Two statements whatever the batch size (rows as arrays, UNNEST), instead of two round
+    // trips per item. One upsert statement may not touch a row twice, so the resources get
+    // each key's last value and revision, which is what one upsert per item left behind; the
+    // change feed gets every item.
+    let mut last_of_key: HashMap<&Key, usize> = HashMap::with_capacity(items.len());
+    for (index, (key, _)) in items.iter().enumerate() {
+        last_of_key.insert(key, index);
     }
+    let mut latest: Vec<usize> = last_of_key.into_values().collect();
+    latest.sort_unstable();
+    let rows = BatchColumns::of(items, latest.into_iter(), first);
+    sqlx::query(
+        "INSERT INTO resources (kind, namespace, name, value, revision) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+         ON CONFLICT (kind, namespace, name) \
+         DO UPDATE SET value = EXCLUDED.value, revision = EXCLUDED.revision",
+    )
+    .bind(&rows.kinds)
+    .bind(&rows.namespaces)
+    .bind(&rows.names)
+    .bind(&rows.values)
+    .bind(&rows.revisions)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(&subject, err))?;
+    let rows = BatchColumns::of(items, 0..items.len(), first);
+    sqlx::query(
+        "INSERT INTO changes (revision, op, kind, namespace, name, value) \
+         SELECT revision, 'put', kind, namespace, name, value \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+             AS batch (revision, kind, namespace, name, value)",
+    )
+    .bind(&rows.revisions)
+    .bind(&rows.kinds)
+    .bind(&rows.namespaces)
+    .bind(&rows.names)
+    .bind(&rows.values)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(&subject, err))?;
     Ok(Written {
         value: (),
         last_revision: Some(first + count - 1),
     })
+}
+
+/// Some rows of a `put_all` batch as one array per column, for `UNNEST`; item `index` has
+/// revision `first + index`.
+struct BatchColumns<'a> {
+    kinds: Vec<&'a str>,
+    namespaces: Vec<&'a str>,
+    names: Vec<&'a str>,
+    values: Vec<&'a str>,
+    revisions: Vec<i64>,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn of(
+        items: &'a [(&'a Key, String)],
+        rows: impl ExactSizeIterator<Item = usize>,
+        first: i64,
+    ) -> BatchColumns<'a> {
+        let mut columns = BatchColumns {
+            kinds: Vec::with_capacity(rows.len()),
+            namespaces: Vec::with_capacity(rows.len()),
+            names: Vec::with_capacity(rows.len()),
+            values: Vec::with_capacity(rows.len()),
+            revisions: Vec::with_capacity(rows.len()),
+        };
+        for index in rows {
+            let (key, value) = &items[index];
+            columns.kinds.push(&key.kind);
+            columns.namespaces.push(&key.namespace);
+            columns.names.push(&key.name);
+            columns.values.push(value);
+            columns.revisions.push(first + index as i64);
+        }
+        columns
+    }
 }
 
 fn stored_from_row(row: &PgRow) -> Result<Stored> {
@@ -440,6 +515,20 @@ fn stored_from_row(row: &PgRow) -> Result<Stored> {
         value,
         revision: row.try_get("revision").map_err(field)?,
         key,
+    })
+}
+
+fn raw_change_from_row(row: &PgRow) -> Result<RawChange> {
+    let field = |err| sql::translate(&"changes row", err);
+    Ok(RawChange {
+        revision: row.try_get("revision").map_err(field)?,
+        op: sql::parse_op(row.try_get("op").map_err(field)?)?,
+        key: Key {
+            kind: row.try_get("kind").map_err(field)?,
+            namespace: row.try_get("namespace").map_err(field)?,
+            name: row.try_get("name").map_err(field)?,
+        },
+        value: row.try_get("value").map_err(field)?,
     })
 }
 
@@ -575,9 +664,9 @@ impl Store for PostgresStore {
         if items.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(Key, String)> = items
+        let encoded: Vec<(&Key, String)> = items
             .iter()
-            .map(|(key, value)| (key.clone(), sql::encode_value(value)))
+            .map(|(key, value)| (key, sql::encode_value(value)))
             .collect();
         let mut tx = self.begin_write().await?;
         let outcome = put_all_in(&mut tx, &encoded).await;
@@ -599,6 +688,60 @@ impl Store for PostgresStore {
         .await
         .map_err(|err| sql::translate(&"change feed", err))?;
         rows.iter().map(change_from_row).collect()
+    }
+
+    async fn changes_of_kinds(
+        &self,
+        after: i64,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<KindChanges> {
+        let page_size = sql::page_size(limit);
+        // One statement, hence one snapshot: the head, the rows up to it and whether the
+        // revision after `after` is still in the feed. Without a matching row the join still
+        // yields one row (change columns NULL) carrying the head.
+        let rows = sqlx::query(
+            "SELECT head.revision AS head, \
+                    EXISTS (SELECT 1 FROM changes WHERE revision = $1 + 1) AS next_kept, \
+                    c.revision, c.op, c.kind, c.namespace, c.name, c.value \
+             FROM store_revision AS head \
+             LEFT JOIN LATERAL ( \
+                 SELECT revision, op, kind, namespace, name, value FROM changes \
+                 WHERE revision > $1 AND revision <= head.revision AND kind = ANY($2) \
+                 ORDER BY revision LIMIT $3 \
+             ) AS c ON TRUE \
+             ORDER BY c.revision",
+        )
+        .bind(after)
+        .bind(kinds)
+        .bind(sql::sql_limit(page_size))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|err| sql::translate(&"change feed", err))?;
+        let field = |err| sql::translate(&"changes row", err);
+        let Some(first) = rows.first() else {
+            return Err(StoreError::Internal(
+                "store_revision row is missing".to_owned(),
+            ));
+        };
+        let head: i64 = first.try_get("head").map_err(field)?;
+        if head <= after {
+            return Ok(sql::nothing_after(after));
+        }
+        let next_kept: bool = first.try_get("next_kept").map_err(field)?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<Option<i64>, _>("revision")
+                .map_err(field)?
+                .is_some()
+            {
+                changes.push(raw_change_from_row(row)?);
+            }
+        }
+        Ok(sql::kind_changes(
+            after, head, page_size, changes, next_kept,
+        ))
     }
 
     async fn prune_changes(&self, before_revision: i64) -> Result<u64> {

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::{ChangeOp, Key, Precondition, StoreError, DEFAULT_PAGE_SIZE};
+use crate::{ChangeOp, Key, KindChanges, Precondition, RawChange, StoreError, DEFAULT_PAGE_SIZE};
 
 /// How long `wait_for_change` trusts notifications before it looks at the revision itself:
 /// the bound on how late a follower learns of a write whose notification was lost.
@@ -25,6 +25,25 @@ pub(crate) fn page_size(limit: usize) -> usize {
     } else {
         limit
     }
+}
+
+/// The most rows one multi-row `INSERT` of `put_all` carries (SQLite; 6 parameters a row,
+/// far below SQLite's limit of 32,766).
+pub(crate) const MAX_ROWS_PER_INSERT: usize = 64;
+
+/// How `put_all` on SQLite cuts `total` rows into multi-row statements: full chunks of
+/// [`MAX_ROWS_PER_INSERT`], then the rest as decreasing powers of two. Prepared statements are
+/// cached by their text, so a few shapes (64, 32, …, 1 rows) serve every batch size instead of
+/// one new statement per size.
+pub(crate) fn chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
+    let full = total / MAX_ROWS_PER_INSERT;
+    let rest = total % MAX_ROWS_PER_INSERT;
+    std::iter::repeat_n(MAX_ROWS_PER_INSERT, full).chain(
+        (0..MAX_ROWS_PER_INSERT.trailing_zeros())
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(move |size| rest & size != 0),
+    )
 }
 
 /// `limit` as an SQL `LIMIT` argument. Lists fetch one row more than the page to learn whether
@@ -81,7 +100,10 @@ pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
 /// The stored text of a value. Compact JSON, fields in the order the caller built them
 /// (serde_json's `preserve_order`), which is the order the API returns them in.
 pub(crate) fn encode_value(value: &Value) -> String {
-    value.to_string()
+    // Into a byte buffer rather than through `Display`, which writes the same compact text
+    // but through `fmt::Formatter` token by token: encoding was a visible share of committing
+    // a batch of events. Serializing a `Value` cannot fail (its keys are strings).
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
 pub(crate) fn decode_value(key: &dyn Display, text: &str) -> Result<Value, StoreError> {
@@ -103,6 +125,45 @@ pub(crate) fn parse_op(text: &str) -> Result<ChangeOp, StoreError> {
         other => Err(StoreError::Internal(format!(
             "change feed: unknown op {other:?}"
         ))),
+    }
+}
+
+/// The answer of `changes_of_kinds` when the feed holds nothing after `after`.
+pub(crate) fn nothing_after(after: i64) -> KindChanges {
+    KindChanges {
+        changes: Vec::new(),
+        through: after,
+        pruned: false,
+    }
+}
+
+/// Assembles a `changes_of_kinds` answer from a read of the revisions in `(after, head]`
+/// (`head > after`): `changes` are the rows of the wanted kinds, at most `page_size`, and
+/// `next_kept` says whether revision `after + 1` was still in the feed when checked (after the
+/// rows were read, so a prune racing the read is never missed). A full page ends at its last
+/// row, since more rows of those kinds may follow; a short one covered everything to `head`.
+pub(crate) fn kind_changes(
+    after: i64,
+    head: i64,
+    page_size: usize,
+    changes: Vec<RawChange>,
+    next_kept: bool,
+) -> KindChanges {
+    if !next_kept {
+        return KindChanges {
+            changes: Vec::new(),
+            through: after,
+            pruned: true,
+        };
+    }
+    let through = match changes.last() {
+        Some(last) if changes.len() >= page_size => last.revision,
+        _ => head,
+    };
+    KindChanges {
+        changes,
+        through,
+        pruned: false,
     }
 }
 
@@ -286,6 +347,38 @@ mod tests {
                 expected,
                 "{prefix:?}"
             );
+        }
+    }
+
+    #[test]
+    fn values_are_encoded_as_compact_json_in_field_order() {
+        let value = serde_json::json!({
+            "b": [1, -2.5, "é\"\n\u{1}", null, true],
+            "a": {"z": {}, "y": []},
+            "big": u64::MAX,
+        });
+        assert_eq!(encode_value(&value), value.to_string());
+        assert_eq!(
+            encode_value(&value),
+            r#"{"b":[1,-2.5,"é\"\n\u0001",null,true],"a":{"z":{},"y":[]},"big":18446744073709551615}"#
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_cover_every_row_with_few_shapes() {
+        let cases: [(usize, &[usize]); 6] = [
+            (0, &[]),
+            (1, &[1]),
+            (7, &[4, 2, 1]),
+            (64, &[64]),
+            (130, &[64, 64, 2]),
+            (191, &[64, 64, 32, 16, 8, 4, 2, 1]),
+        ];
+        for (total, expected) in cases {
+            assert_eq!(chunk_sizes(total).collect::<Vec<_>>(), expected, "{total}");
+        }
+        for total in 0..300 {
+            assert_eq!(chunk_sizes(total).sum::<usize>(), total);
         }
     }
 

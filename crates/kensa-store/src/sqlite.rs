@@ -19,12 +19,16 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::sql::{self, RevisionSignal};
 use crate::{
-    Change, ChangeOp, Key, ListQuery, Page, Precondition, Result, Store, StoreError, Stored,
+    Change, ChangeOp, Key, KindChanges, ListQuery, Page, Precondition, RawChange, Result, Store,
+    StoreError, Stored,
 };
 
 /// How long a statement waits for a lock held by another connection (another process, or a
 /// checkpoint) before failing with `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The writer connection's page cache (`PRAGMA cache_size`; negative: KiB), room for the
+/// dirty pages of a large event batch.
+const WRITER_CACHE_SIZE: &str = "-32768";
 /// Concurrent readers. WAL readers do not block each other or the writer; a handful covers the
 /// API and the followers without one thread per request.
 const READER_CONNECTIONS: u32 = 4;
@@ -65,9 +69,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // The writer commits batches of hundreds of events: with SQLite's default 2 MiB page
+        // cache a batch spilled dirty pages to the WAL mid-transaction, and multi-row
+        // statements spilled their statement journal to a temporary file. Its own larger
+        // cache (filled only as pages are touched) and in-memory temporaries avoid both.
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", WRITER_CACHE_SIZE)
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(writer_options)
             .await
             .map_err(|err| sql::translate(&subject, err))?;
         // Migrate before any reader connects, so no reader sees a half-created schema.
@@ -362,12 +374,60 @@ async fn delete_prefix_in(
     })
 }
 
-async fn put_all_in(conn: &mut SqliteConnection, items: &[(Key, String)]) -> Result<Written<()>> {
+async fn put_all_in(conn: &mut SqliteConnection, items: &[(&Key, String)]) -> Result<Written<()>> {
     let count = i64::try_from(items.len())
         .map_err(|_| StoreError::Internal("put_all: too many items".to_owned()))?;
     let first = allocate_revisions(conn, count).await?;
-    for (revision, (key, value_text)) in (first..).zip(items) {
-        upsert(conn, key, value_text, revision).await?;
+    // Multi-row statements: every statement is a round trip to sqlx's SQLite worker thread,
+    // and one per row pair made a batch of events cost two thread hand-offs per event.
+    let mut offset = 0;
+    for rows in sql::chunk_sizes(items.len()) {
+        let chunk = &items[offset..offset + rows];
+        let chunk_first = first + offset as i64;
+        offset += rows;
+        let subject = format!("put_all of {count} items");
+        // Rows of one statement are applied in order, so a key written twice in a batch ends
+        // with its last value and revision, as with one upsert per row.
+        let mut upsert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO resources (kind, namespace, name, value, revision) ",
+        );
+        upsert.push_values(
+            chunk.iter().zip(chunk_first..),
+            |mut row, ((key, value_text), revision)| {
+                row.push_bind(key.kind.as_str())
+                    .push_bind(key.namespace.as_str())
+                    .push_bind(key.name.as_str())
+                    .push_bind(value_text.as_str())
+                    .push_bind(revision);
+            },
+        );
+        upsert.push(
+            " ON CONFLICT (kind, namespace, name) \
+             DO UPDATE SET value = excluded.value, revision = excluded.revision",
+        );
+        upsert
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
+        let mut log = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO changes (revision, op, kind, namespace, name, value) ",
+        );
+        log.push_values(
+            chunk.iter().zip(chunk_first..),
+            |mut row, ((key, value_text), revision)| {
+                row.push_bind(revision)
+                    .push_bind(sql::op_text(ChangeOp::Put))
+                    .push_bind(key.kind.as_str())
+                    .push_bind(key.namespace.as_str())
+                    .push_bind(key.name.as_str())
+                    .push_bind(value_text.as_str());
+            },
+        );
+        log.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
     }
     Ok(Written {
         value: (),
@@ -387,6 +447,20 @@ fn stored_from_row(row: &SqliteRow) -> Result<Stored> {
         value,
         revision: row.try_get("revision").map_err(field)?,
         key,
+    })
+}
+
+fn raw_change_from_row(row: &SqliteRow) -> Result<RawChange> {
+    let field = |err| sql::translate(&"changes row", err);
+    Ok(RawChange {
+        revision: row.try_get("revision").map_err(field)?,
+        op: sql::parse_op(row.try_get("op").map_err(field)?)?,
+        key: Key {
+            kind: row.try_get("kind").map_err(field)?,
+            namespace: row.try_get("namespace").map_err(field)?,
+            name: row.try_get("name").map_err(field)?,
+        },
+        value: row.try_get("value").map_err(field)?,
     })
 }
 
@@ -531,9 +605,9 @@ impl Store for SqliteStore {
         if items.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(Key, String)> = items
+        let encoded: Vec<(&Key, String)> = items
             .iter()
-            .map(|(key, value)| (key.clone(), sql::encode_value(value)))
+            .map(|(key, value)| (key, sql::encode_value(value)))
             .collect();
         let mut tx = self.begin_write().await?;
         let outcome = put_all_in(&mut tx, &encoded).await;
@@ -557,6 +631,66 @@ impl Store for SqliteStore {
         .await
         .map_err(|err| sql::translate(&"change feed", err))?;
         rows.iter().map(change_from_row).collect()
+    }
+
+    async fn changes_of_kinds(
+        &self,
+        after: i64,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<KindChanges> {
+        // One read transaction, so the head, the rows and the gap check see one snapshot.
+        let mut tx = self
+            .readers
+            .begin()
+            .await
+            .map_err(|err| sql::translate(&"change feed", err))?;
+        let head: i64 = sqlx::query_scalar("SELECT revision FROM store_revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|err| sql::translate(&"change feed", err))?;
+        if head <= after {
+            return Ok(sql::nothing_after(after));
+        }
+        let page_size = sql::page_size(limit);
+        let mut changes = Vec::new();
+        if !kinds.is_empty() {
+            let mut select = QueryBuilder::<Sqlite>::new(
+                "SELECT revision, op, kind, namespace, name, value FROM changes WHERE revision > ",
+            );
+            select
+                .push_bind(after)
+                .push(" AND revision <= ")
+                .push_bind(head)
+                .push(" AND kind IN (");
+            let mut separated = select.separated(", ");
+            for kind in kinds {
+                separated.push_bind((*kind).to_owned());
+            }
+            select
+                .push(") ORDER BY revision LIMIT ")
+                .push_bind(sql::sql_limit(page_size));
+            let rows = select
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|err| sql::translate(&"change feed", err))?;
+            changes = rows
+                .iter()
+                .map(raw_change_from_row)
+                .collect::<Result<Vec<_>>>()?;
+        }
+        let next_kept: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM changes WHERE revision = ?)")
+                .bind(after + 1)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|err| sql::translate(&"change feed", err))?;
+        // Read-only: ending it either way releases the snapshot.
+        let _ = tx.rollback().await;
+        Ok(sql::kind_changes(
+            after, head, page_size, changes, next_kept,
+        ))
     }
 
     async fn prune_changes(&self, before_revision: i64) -> Result<u64> {

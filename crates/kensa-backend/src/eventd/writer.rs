@@ -1,7 +1,8 @@
 //! The event writer: commits the shards' writes in batches (one store transaction each, so the
 //! embedded store sustains thousands of events per second) and, only after a commit, runs the
 //! completions — acknowledgements to agents (one `ack` frame per session per batch), API
-//! replies, TTL timers and the hand-off to the pipelines.
+//! replies, TTL timers and the hand-off to the pipelines. Completions run on a second task, in
+//! commit order, while the next batch commits.
 //!
 //! A failed commit acknowledges nothing: agents re-send from their outbox, the API answers an
 //! error, and the shards forget the state they had assumed for those keys.
@@ -17,12 +18,29 @@ use tokio::sync::mpsc;
 use super::{AckBatch, AckTarget, Deps, EventError, Origin, ShardCache, WriteItem};
 use crate::dispatch::SessionId;
 
+/// Committed batches waiting for their completions. One: while it is completed the next
+/// batch commits, and if completing falls behind (pipelines pushing back) commits wait.
+const COMPLETIONS_QUEUE: usize = 1;
+
 pub(super) async fn run(
     mut rx: mpsc::Receiver<WriteItem>,
     deps: Arc<Deps>,
     caches: Vec<Arc<Mutex<ShardCache>>>,
     batch_writes: usize,
 ) {
+    // Completions run on their own task, in commit order, so that acknowledging and handing
+    // off one batch overlaps with committing the next instead of adding to it.
+    let (committed_tx, mut committed_rx) = mpsc::channel::<Committed>(COMPLETIONS_QUEUE);
+    let completer = tokio::spawn({
+        let deps = deps.clone();
+        async move {
+            while let Some(committed) = committed_rx.recv().await {
+                complete(&deps, committed.items).await;
+                // The written values are dropped here, off the commit path.
+                drop(committed.written);
+            }
+        }
+    });
     let mut batch: Vec<WriteItem> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut writes = first.writes.len();
@@ -36,11 +54,30 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        commit(&deps, &caches, std::mem::take(&mut batch)).await;
+        if let Some(committed) = commit(&deps, &caches, std::mem::take(&mut batch)).await {
+            if committed_tx.send(committed).await.is_err() {
+                break;
+            }
+        }
     }
+    // Every committed batch is completed before the writer counts as stopped.
+    drop(committed_tx);
+    let _ = completer.await;
 }
 
-async fn commit(deps: &Deps, caches: &[Arc<Mutex<ShardCache>>], mut batch: Vec<WriteItem>) {
+/// A batch that is in the store, for the completer.
+struct Committed {
+    items: Vec<WriteItem>,
+    written: Vec<(Key, Value)>,
+}
+
+/// Stores the batch in one transaction. Committed: the batch, for its completions; failed:
+/// the items are failed here (nothing is acknowledged) and `None` is returned.
+async fn commit(
+    deps: &Deps,
+    caches: &[Arc<Mutex<ShardCache>>],
+    mut batch: Vec<WriteItem>,
+) -> Option<Committed> {
     // Moved, not copied: nothing needs the written values after the commit.
     let all: Vec<(Key, Value)> = batch
         .iter_mut()
@@ -54,7 +91,10 @@ async fn commit(deps: &Deps, caches: &[Arc<Mutex<ShardCache>>], mut batch: Vec<W
     match result {
         Ok(()) => {
             deps.telemetry.event_batches.inc();
-            complete(deps, batch).await;
+            Some(Committed {
+                items: batch,
+                written: all,
+            })
         }
         Err(err) => {
             tracing::error!(%err, writes = all.len(), "storing events failed; not acknowledged");
@@ -71,6 +111,7 @@ async fn commit(deps: &Deps, caches: &[Arc<Mutex<ShardCache>>], mut batch: Vec<W
                     let _ = reply.send(Err(EventError::Unavailable(err.to_string())));
                 }
             }
+            None
         }
     }
 }

@@ -16,11 +16,11 @@
 //! tested here; the HTTP side is `web::handlers`.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use kensa_store::{ChangeOp, ListQuery, Store};
+use kensa_store::{ChangeOp, ListQuery, RawChange, Store};
 use kensa_types::resources::silenced::Silenced;
 use kensa_types::selector::Selector;
 use kensa_types::Kind;
@@ -29,8 +29,44 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::pruned::{self, Keep};
+
 /// The store kinds the index follows.
 const INDEXED_KINDS: [&str; 3] = ["events", "entities", "silenced"];
+
+/// The keys of a stored event that [`EventSummary::from_value`] reads (with what
+/// `Kind::Event.redact` reads), so followed events are parsed without building the rest
+/// (`pruned.rs`). Keep the two in step; `pruned_summaries_equal_full_ones` compares them.
+static EVENT_SUMMARY_KEYS: Keep = Keep::Keys(&[
+    ("timestamp", Keep::All),
+    ("metadata", Keep::All),
+    (
+        "entity",
+        Keep::Keys(&[
+            ("metadata", Keep::All),
+            ("entity_class", Keep::All),
+            ("subscriptions", Keep::All),
+            ("redact", Keep::All),
+        ]),
+    ),
+    (
+        "check",
+        Keep::Keys(&[
+            ("metadata", Keep::All),
+            ("status", Keep::All),
+            ("history", Keep::All),
+            ("occurrences", Keep::All),
+            ("executed", Keep::All),
+            ("output", Keep::All),
+            ("state", Keep::All),
+            ("last_ok", Keep::All),
+            ("round_robin", Keep::All),
+            ("processed_by", Keep::All),
+            ("subscriptions", Keep::All),
+            ("proxy_entity_name", Keep::All),
+        ]),
+    ),
+]);
 
 /// Characters of check output kept per event (for the list and free-text search); the event
 /// detail reads the whole event from the store.
@@ -174,7 +210,8 @@ pub struct EventSummary {
 
 impl EventSummary {
     /// Summarizes a stored event; `None` for values that are not events with an entity and a
-    /// check (the store holds only those, but the index never trusts that).
+    /// check (the store holds only those, but the index never trusts that). Reads only the
+    /// keys listed in [`EVENT_SUMMARY_KEYS`].
     pub fn from_value(mut value: Value) -> Option<EventSummary> {
         Kind::Event.redact(&mut value);
         let entity = value["entity"]["metadata"]["name"].as_str()?.to_owned();
@@ -772,26 +809,20 @@ impl Index {
         self.follow_changes(store, shutdown).await;
     }
 
-    /// Applies the change feed after the revision the index reflects, until `shutdown`.
+    /// Applies the change feed after the revision the index reflects, until `shutdown`. Only
+    /// the indexed kinds are read (the store skips the rest).
     async fn follow_changes(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
         loop {
             let after = *self.applied.borrow();
-            let changes = tokio::select! {
+            let read = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changes = store.changes_since(after, PAGE) => changes,
+                read = store.changes_of_kinds(after, &INDEXED_KINDS, PAGE) => read,
             };
-            match changes {
-                Ok(changes) if changes.is_empty() => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = store.wait_for_change(after) => {}
-                    }
-                }
-                Ok(changes) if changes[0].revision != after + 1 => {
+            match read {
+                Ok(read) if read.pruned => {
                     // The feed was pruned past us: start over.
                     tracing::warn!(
                         after,
-                        first = changes[0].revision,
                         "dashboard index fell behind the change feed; reloading"
                     );
                     if let Err(err) = self.reload(store.as_ref()).await {
@@ -802,16 +833,21 @@ impl Index {
                         }
                     }
                 }
-                Ok(changes) => {
-                    let last = changes.last().map_or(after, |c| c.revision);
-                    let updates: Vec<_> = changes
+                Ok(read) if read.through == after => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = store.wait_for_change(after) => {}
+                    }
+                }
+                Ok(read) => {
+                    let updates: Vec<_> = latest_per_key(read.changes)
                         .into_iter()
                         .filter_map(|change| {
-                            let value = match change.op {
+                            let text = match change.op {
                                 ChangeOp::Put => change.value,
                                 ChangeOp::Delete => None,
                             };
-                            let update = Update::of(&change.key.kind, value)?;
+                            let update = Update::of_text(&change.key.kind, text.as_deref())?;
                             Some((change.revision, change.key, update))
                         })
                         .collect();
@@ -826,7 +862,7 @@ impl Index {
                             index.revision = revision;
                         }
                     }
-                    self.applied.send_replace(last);
+                    self.applied.send_replace(read.through);
                 }
                 Err(err) => {
                     tracing::warn!(%err, "dashboard index could not read the change feed; retrying");
@@ -840,6 +876,22 @@ impl Index {
     }
 }
 
+/// The last change of each key, in revision order. A page is applied under one lock, so the
+/// earlier changes of a key could never be seen: summarizing only the last one gives the same
+/// index (and the same namespace revisions, a namespace's last change being the last of its
+/// key) while a follower behind a burst parses each hot event once per page, not once per
+/// result.
+fn latest_per_key(changes: Vec<RawChange>) -> Vec<RawChange> {
+    let mut seen = HashSet::with_capacity(changes.len());
+    let mut latest: Vec<RawChange> = changes
+        .into_iter()
+        .rev()
+        .filter(|change| seen.insert(change.key.clone()))
+        .collect();
+    latest.reverse();
+    latest
+}
+
 /// A stored value turned into what the index keeps (`None`: remove the entry). Built outside
 /// the lock, so readers wait only for the map updates.
 enum Update {
@@ -849,6 +901,16 @@ enum Update {
 }
 
 impl Update {
+    /// [`Update::of`] for a value as the store's JSON text. Events, written at event rate,
+    /// are parsed pruned to what their summary reads.
+    fn of_text(kind: &str, text: Option<&str>) -> Option<Update> {
+        let value = text.and_then(|text| match kind {
+            "events" => pruned::parse(text, &EVENT_SUMMARY_KEYS).ok(),
+            _ => serde_json::from_str::<Value>(text).ok(),
+        });
+        Update::of(kind, value)
+    }
+
     /// `None` for kinds the index does not follow. A value that does not parse removes the
     /// entry rather than keeping a stale one.
     fn of(kind: &str, value: Option<Value>) -> Option<Update> {
@@ -945,6 +1007,47 @@ mod tests {
                 .insert(silence.metadata.name.clone(), Arc::new(silence));
         }
         index
+    }
+
+    /// Followed events are parsed pruned to what the summary reads; the summary must be the
+    /// one of the whole document.
+    #[test]
+    fn pruned_summaries_equal_full_ones() {
+        let mut rich = stored_event("web1", "disk", &[(0, 100), (2, 160), (2, 220)]);
+        rich["id"] = json!("3b0f4a0e-7d5c-4d0a-9f43-2d0c3c8e9a11");
+        rich["metadata"]["labels"] = json!({"event": "label", "tier": "event"});
+        rich["entity"]["redact"] = json!(["secret"]);
+        rich["entity"]["metadata"]["labels"]["secret"] = json!("hunter2");
+        rich["entity"]["metadata"]["annotations"] = json!({"secret": "x"});
+        rich["entity"]["system"] = json!({"hostname": "web1", "network": {"interfaces": []}});
+        rich["entity"]["last_seen"] = json!(1700000000);
+        rich["check"]["command"] = json!("check-disk --warn 80");
+        rich["check"]["metadata"]["labels"] = json!({"tier": "db"});
+        rich["check"]["metadata"]["annotations"] = json!({MISSED_ROUND_ANNOTATION: "true"});
+        rich["check"]["last_ok"] = json!(100);
+        rich["check"]["round_robin"] = json!(true);
+        rich["check"]["processed_by"] = json!("agent-7");
+        rich["check"]["proxy_entity_name"] = json!("router");
+        rich["check"]["hooks"] = json!([{"name": "h", "output": "long"}]);
+        rich["check"]["state"] = json!("flapping");
+        let mut odd = stored_event("db1", "keepalive", &[(1, 5)]);
+        odd["check"]["status"] = json!("not a number");
+        odd["check"]["history"] = json!("not a list");
+        odd["entity"]["subscriptions"] = json!([1, "linux", null]);
+        odd["metadata"] = json!(["not", "an", "object"]);
+        let mut no_entity_name = stored_event("x", "y", &[(0, 1)]);
+        no_entity_name["entity"]["metadata"] = json!({"name": 5});
+        for event in [rich, odd, no_entity_name, json!({"check": 1, "entity": []})] {
+            let text = event.to_string();
+            let full = Update::of("events", serde_json::from_str(&text).ok());
+            let pruned = Update::of_text("events", Some(&text));
+            match (full, pruned) {
+                (Some(Update::Event(full)), Some(Update::Event(pruned))) => {
+                    assert_eq!(pruned, full, "{text}")
+                }
+                _ => panic!("events are indexed"),
+            }
+        }
     }
 
     #[test]
@@ -1269,6 +1372,35 @@ mod tests {
         applied.wait_for(|r| *r >= revision).await.unwrap();
         assert_eq!(critical(&index), 1);
 
+        // Writes of kinds the index does not follow move it on without touching namespaces;
+        // several writes of one event in one batch leave its last state.
+        let event_revision = index.namespace_revision("default");
+        let check = store
+            .create(&key("checks", "disk"), &json!({"command": "true"}))
+            .await
+            .unwrap();
+        applied.wait_for(|r| *r >= check).await.unwrap();
+        assert_eq!(index.namespace_revision("default"), event_revision);
+        store
+            .put_all(&[
+                (
+                    key("events", "web5/disk"),
+                    stored_event("web5", "disk", &[(2, 1)]),
+                ),
+                (key("checks", "disk"), json!({"command": "false"})),
+                (
+                    key("events", "web5/disk"),
+                    stored_event("web5", "disk", &[(0, 2)]),
+                ),
+            ])
+            .await
+            .unwrap();
+        let revision = store.revision().await.unwrap();
+        applied.wait_for(|r| *r >= revision).await.unwrap();
+        assert_eq!(critical(&index), 1);
+        assert_eq!(index.read("default", |i| i.counts(0).ok), 1);
+        assert_eq!(index.namespace_revision("default"), revision);
+
         // A gap in the feed (pruned past the follower) means a full reload.
         shutdown.cancel();
         follower.await.unwrap();
@@ -1305,5 +1437,35 @@ mod tests {
         assert_eq!(critical(&index), 3);
         shutdown.cancel();
         follower.await.unwrap();
+    }
+
+    #[test]
+    fn latest_per_key_keeps_each_keys_last_change_in_order() {
+        let change = |revision: i64, name: &str, op: ChangeOp| RawChange {
+            revision,
+            op,
+            key: kensa_store::Key::new("events", "default", name),
+            value: (op == ChangeOp::Put).then(|| revision.to_string()),
+        };
+        let changes = vec![
+            change(1, "a", ChangeOp::Put),
+            change(2, "b", ChangeOp::Put),
+            change(3, "a", ChangeOp::Put),
+            change(4, "c", ChangeOp::Put),
+            change(5, "b", ChangeOp::Delete),
+            change(6, "c", ChangeOp::Put),
+        ];
+        let latest: Vec<(i64, String)> = latest_per_key(changes)
+            .into_iter()
+            .map(|change| (change.revision, change.key.name))
+            .collect();
+        assert_eq!(
+            latest,
+            [
+                (3, "a".to_owned()),
+                (5, "b".to_owned()),
+                (6, "c".to_owned())
+            ]
+        );
     }
 }

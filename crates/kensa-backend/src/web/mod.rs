@@ -23,6 +23,7 @@ use crate::api::AppState;
 pub mod assets;
 pub mod handlers;
 pub mod index;
+mod pruned;
 pub mod stream;
 
 use assets::Assets;
