@@ -68,15 +68,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_healthy() {
-    local url=$1
-    for _ in $(seq 1 300); do
-        curl -fsS "$url/health" >/dev/null 2>&1 && return 0
-        kill -0 "$BACKEND_PID" 2>/dev/null || return 1
-        sleep 0.2
-    done
-    return 1
-}
 
 # PUT a resource as admin: api_put <api url> <token> <path> <json>
 api_put() {
@@ -130,7 +121,7 @@ run_store() {
         --log-level warn \
         "${store_args[@]}" >"$STATE_DIR/backend.log" 2>&1 &
     BACKEND_PID=$!
-    if ! wait_healthy "$api_url"; then
+    if ! wait_healthy "$api_url" "$BACKEND_PID"; then
         log "$store: the backend did not become healthy; last log lines:"
         tail -n 30 "$STATE_DIR/backend.log" >&2 || true
         return 1

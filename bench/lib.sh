@@ -30,6 +30,18 @@ drop_database() {
     PG_DATABASE=""
 }
 
+# Waits (up to 60 s) until the backend at URL `$1` answers /health; fails early when process
+# `$2` exits.
+wait_healthy() {
+    local url=$1 pid=$2
+    for _ in $(seq 1 300); do
+        curl -fsS "$url/health" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # A port nothing listens on now (different from the ones given as arguments), below the

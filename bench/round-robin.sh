@@ -60,15 +60,6 @@ cpu_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$pid/stat"
 }
 
-wait_healthy() {
-    local url=$1
-    for _ in $(seq 1 300); do
-        curl -fsS "$url/health" >/dev/null 2>&1 && return 0
-        kill -0 "$BACKEND_PID" 2>/dev/null || return 1
-        sleep 0.2
-    done
-    return 1
-}
 
 run_queue() {
     local queue=$1
@@ -105,7 +96,7 @@ run_queue() {
         --log-level warn \
         "${queue_args[@]}" >"$STATE_DIR/backend.log" 2>&1 &
     BACKEND_PID=$!
-    if ! wait_healthy "$api_url"; then
+    if ! wait_healthy "$api_url" "$BACKEND_PID"; then
         log "$queue: the backend did not become healthy; last log lines:"
         tail -n 30 "$STATE_DIR/backend.log" >&2 || true
         return 1

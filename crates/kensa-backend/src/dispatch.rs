@@ -83,6 +83,12 @@ impl Dispatcher {
         registry.sessions.get(&id).map(|(s, _)| s.clone())
     }
 
+    /// Whether session `id` is still registered (cheaper than [`Dispatcher::session`]).
+    pub fn is_registered(&self, id: SessionId) -> bool {
+        let registry = self.registry.read().expect("dispatcher lock poisoned");
+        registry.sessions.contains_key(&id)
+    }
+
     /// The ids of the sessions holding `subscription` in `namespace`, in id order (the order
     /// they connected).
     pub fn subscriber_ids(&self, namespace: &str, subscription: &str) -> Vec<SessionId> {

@@ -222,6 +222,14 @@ struct State {
     holding: HashSet<(SessionId, String)>,
 }
 
+impl State {
+    /// `flight`'s agent no longer runs that check for this backend.
+    fn release_hold(&mut self, flight: &InFlight) {
+        self.holding
+            .remove(&(flight.session, execution_key(&flight.round)));
+    }
+}
+
 /// What an agent deduplicates and guards executions on: the check, plus the proxy entity.
 fn execution_key(round: &RoundRef) -> String {
     format!(
@@ -317,9 +325,7 @@ impl RoundRobin {
             let state = &mut *guard;
             let held = state.in_flight.remove(&round.id).unwrap_or_default();
             for flight in &held {
-                state
-                    .holding
-                    .remove(&(flight.session, execution_key(&flight.round)));
+                state.release_hold(flight);
                 if let Some(group) = state.groups.get_mut(&flight.group) {
                     group.free.push_back(flight.session);
                 }
@@ -807,7 +813,7 @@ fn sweep(shared: &Shared, membership_changed: bool) -> Vec<InFlight> {
             let mut index = 0;
             while index < flights.len() {
                 let flight = &mut flights[index];
-                let gone = shared.dispatcher.session(flight.session).is_none();
+                let gone = !shared.dispatcher.is_registered(flight.session);
                 if gone || now > flight.deadline_ms {
                     release.push((flights.swap_remove(index), gone));
                     continue;
@@ -828,9 +834,7 @@ fn sweep(shared: &Shared, membership_changed: bool) -> Vec<InFlight> {
             state.in_flight.remove(&round_id);
         }
         for (flight, gone) in &release {
-            state
-                .holding
-                .remove(&(flight.session, execution_key(&flight.round)));
+            state.release_hold(flight);
             let Some(group_state) = state.groups.get_mut(&flight.group) else {
                 continue;
             };
@@ -864,10 +868,7 @@ async fn report_progress(shared: &Shared, flights: Vec<InFlight>) {
             tracing::debug!(round = %flight.round.id, %err, "reporting round progress failed");
         }
         if shared.completed().contains(&flight.round.id) {
-            shared
-                .lock()
-                .holding
-                .remove(&(flight.session, execution_key(&flight.round)));
+            shared.lock().release_hold(&flight);
             give_back(shared, &flight.group, flight.session, false);
             spawn_ack(flight.delivery);
         } else {
