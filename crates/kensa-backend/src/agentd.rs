@@ -392,6 +392,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
         },
         subscriptions,
     );
+    agentd.eventd.residents().enter(&namespace, &agent);
     agentd.telemetry.agent_sessions.inc();
     agentd.telemetry.agent_connects.inc();
     tracing::info!(namespace, agent, session = id, "agent connected");
@@ -470,6 +471,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
     }
 
     agentd.dispatcher.unregister(id);
+    agentd.eventd.residents().leave(&namespace, &agent);
     {
         let mut sessions = agentd.sessions.lock().expect("sessions lock poisoned");
         let slot = (namespace.clone(), agent.clone());

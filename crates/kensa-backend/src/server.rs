@@ -149,7 +149,10 @@ pub async fn run(
         failing.clone(),
         stored_tx,
         duplicate_rounds_tx,
-        config.eventd.clone(),
+        crate::eventd::EventdSettings {
+            shared_store: matches!(config.store, StoreLocation::Postgres(_)),
+            ..config.eventd.clone()
+        },
         shutdown.child_token(),
     );
     tasks.extend(eventd_tasks);

@@ -35,6 +35,7 @@ pub struct Telemetry {
     pub events_deferred: Counter,
     pub events_rejected: Counter,
     pub events_duplicate: Counter,
+    pub event_write_conflicts: Counter,
     pub ttl_failures: Counter,
     pub event_batches: Counter,
     pub event_batch_seconds: Histogram,
@@ -174,6 +175,12 @@ impl Telemetry {
             "Re-sent events recognized by their id and dropped",
             events_duplicate.clone(),
         );
+        let event_write_conflicts = Counter::default();
+        registry.register(
+            "event_write_conflicts",
+            "Event writes retried because another backend wrote the same event first",
+            event_write_conflicts.clone(),
+        );
         let ttl_failures = Counter::default();
         registry.register(
             "check_ttl_failures",
@@ -298,6 +305,7 @@ impl Telemetry {
             events_deferred,
             events_rejected,
             events_duplicate,
+            event_write_conflicts,
             ttl_failures,
             event_batches,
             event_batch_seconds,

@@ -10,6 +10,12 @@
 //! per batch), and only after the commit are events acknowledged to agents, answered to the
 //! API and sent to the pipelines: nothing acknowledged is lost.
 //!
+//! **Several backends.** On a store that other backends write too (PostgreSQL), a shard trusts
+//! its memory of a key only for agents connected to this backend ([`residents`]); every other
+//! event (proxy entities, agents connected elsewhere or gone, API posts about them) is merged
+//! with the stored event and written with compare-and-set, retried on a conflict, so results
+//! arriving through different backends never lose history either.
+//!
 //! Round-robin results (a check `round` with `#<subscription>`) are claimed on the round's
 //! record first (`rounds::record::claim`): a second execution of a completed round is recorded
 //! there as a duplicate and acknowledged, but never stored as the check's event nor handled.
@@ -35,8 +41,11 @@ use crate::rounds::record::Claim;
 use crate::telemetry::{RoundLabels, Telemetry};
 use crate::view::ConfigView;
 
+pub mod residents;
 pub mod ttl;
 mod writer;
+
+pub use residents::Residents;
 
 pub use ttl::Ttl;
 
@@ -159,6 +168,8 @@ pub struct EventdSettings {
     pub shard_queue: usize,
     /// Most writes per store transaction.
     pub batch_writes: usize,
+    /// Other backends write the same store (PostgreSQL): trust the cache only for residents.
+    pub shared_store: bool,
 }
 
 impl Default for EventdSettings {
@@ -167,6 +178,7 @@ impl Default for EventdSettings {
             shards: 4,
             shard_queue: 4096,
             batch_writes: 512,
+            shared_store: false,
         }
     }
 }
@@ -187,6 +199,8 @@ struct Deps {
     duplicate_rounds: mpsc::Sender<String>,
     /// What this backend last wrote to round-robin round slots (claims are one write then).
     round_slots: crate::rounds::record::SlotCache,
+    residents: Arc<Residents>,
+    shared_store: bool,
 }
 
 /// The handle services use to submit work.
@@ -195,6 +209,7 @@ pub struct Eventd {
     shards: Arc<Vec<mpsc::Sender<Submission>>>,
     telemetry: Arc<Telemetry>,
     ttl: Ttl,
+    residents: Arc<Residents>,
 }
 
 impl Eventd {
@@ -211,6 +226,7 @@ impl Eventd {
     ) -> (Eventd, Vec<tokio::task::JoinHandle<()>>) {
         let mut tasks = Vec::new();
         let ttl = Ttl::default();
+        let residents = Arc::new(Residents::default());
         let (write_tx, write_rx) = mpsc::channel(settings.shards * 256);
         let caches: Vec<Arc<Mutex<ShardCache>>> = (0..settings.shards.max(1))
             .map(|_| Arc::new(Mutex::new(ShardCache::default())))
@@ -224,6 +240,8 @@ impl Eventd {
             pipeline,
             duplicate_rounds,
             round_slots: Default::default(),
+            residents: residents.clone(),
+            shared_store: settings.shared_store,
         });
         let mut senders = Vec::new();
         for (index, cache) in caches.iter().enumerate() {
@@ -242,6 +260,7 @@ impl Eventd {
             shards: Arc::new(senders),
             telemetry,
             ttl,
+            residents,
         };
         tasks.push(tokio::spawn(writer::run(
             write_rx,
@@ -255,6 +274,11 @@ impl Eventd {
             shutdown.clone(),
         )));
         (eventd, tasks)
+    }
+
+    /// The agents connected to this backend (agentd enters and leaves them).
+    pub fn residents(&self) -> &Residents {
+        &self.residents
     }
 
     fn shard_for(&self, submission: &Submission) -> &mpsc::Sender<Submission> {
@@ -336,11 +360,12 @@ fn stored_name(event: &Value) -> Option<String> {
     Some(format!("{entity}/{check}"))
 }
 
-/// Per-shard memory: the previous check state of the shard's keys (output dropped), and the
-/// ids of recently stored events (to drop re-sent duplicates).
+/// Per-shard memory: the previous check state of the shard's keys (output dropped) with the
+/// resident generation it was written under, and the ids of recently stored events (to drop
+/// re-sent duplicates).
 #[derive(Default)]
 struct ShardCache {
-    previous: HashMap<(String, String), Value>,
+    previous: HashMap<(String, String), (u64, Value)>,
     recent_ids: VecDeque<Uuid>,
     recent_set: HashSet<Uuid>,
 }
@@ -516,18 +541,52 @@ impl Shard {
         let name = stored_name(&event)?;
         apply_silences(&self.deps.view, &namespace, &mut event, now);
 
-        let cache_key = (namespace.clone(), name.clone());
         let key = Key::new("events", &namespace, &name);
-        let previous = match self.previous(&cache_key, &key).await {
-            Ok(previous) => previous,
-            Err(err) => {
-                tracing::warn!(%err, event = %key, "could not read the previous event");
-                complete_error(origin, EventError::Unavailable(err.to_string()));
-                return None;
+        let generation = if self.deps.shared_store {
+            let entity = event["entity"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default();
+            self.deps.residents.generation(&namespace, entity)
+        } else {
+            Some(0)
+        };
+        let cache_key = match generation {
+            Some(generation) => {
+                let cache_key = (namespace.clone(), name.clone());
+                let previous = match self.previous(&cache_key, generation, &key).await {
+                    Ok(previous) => previous,
+                    Err(err) => {
+                        tracing::warn!(%err, event = %key, "could not read the previous event");
+                        complete_error(origin, EventError::Unavailable(err.to_string()));
+                        return None;
+                    }
+                };
+                let check = event["check"].take();
+                event["check"] = kensa_types::event_state::merge_check(previous.as_ref(), check);
+                let stored = stored_copy(&event);
+                self.cache
+                    .lock()
+                    .expect("shard cache poisoned")
+                    .previous
+                    .insert(cache_key.clone(), (generation, state_of(&stored["check"])));
+                writes.push((key.clone(), stored));
+                Some(cache_key)
+            }
+            None => {
+                if let Err(err) = self.store_merged(&key, &mut event).await {
+                    tracing::warn!(%err, event = %key, "could not store the event");
+                    complete_error(origin, EventError::Unavailable(err.to_string()));
+                    return None;
+                }
+                None
             }
         };
-        let check = event["check"].take();
-        event["check"] = kensa_types::event_state::merge_check(previous.as_ref(), check);
+        if let Some(id) = id.filter(|_| from_agent) {
+            self.cache
+                .lock()
+                .expect("shard cache poisoned")
+                .remember(id);
+        }
 
         let expire_silences = if is_resolution(&event) {
             expiring_silences(&self.deps.view, &namespace, &event)
@@ -543,21 +602,10 @@ impl Shard {
             ))
         };
         let processed = decode_processed(&event);
-        let stored = stored_copy(&event);
-        {
-            let mut cache = self.cache.lock().expect("shard cache poisoned");
-            cache
-                .previous
-                .insert(cache_key.clone(), state_of(&stored["check"]));
-            if let Some(id) = id.filter(|_| from_agent) {
-                cache.remember(id);
-            }
-        }
-        writes.push((key, stored));
         self.deps.telemetry.events_processed.inc();
         Some(WriteItem {
             shard: self.index,
-            cache_key: Some(cache_key),
+            cache_key,
             writes,
             completion: Completion {
                 origin,
@@ -599,20 +647,24 @@ impl Shard {
         .await
     }
 
-    /// The previous check state of `key`: from memory, else from the store.
+    /// The previous check state of `key`: from memory when it was remembered under the
+    /// current `generation`, else from the store.
     async fn previous(
         &self,
         cache_key: &(String, String),
+        generation: u64,
         key: &Key,
     ) -> kensa_store::Result<Option<Value>> {
-        if let Some(previous) = self
+        if let Some((remembered, previous)) = self
             .cache
             .lock()
             .expect("shard cache poisoned")
             .previous
             .get(cache_key)
         {
-            return Ok(Some(previous.clone()));
+            if *remembered == generation {
+                return Ok(Some(previous.clone()));
+            }
         }
         Ok(self
             .deps
@@ -620,6 +672,49 @@ impl Shard {
             .get(key)
             .await?
             .map(|stored| state_of(&stored.value["check"])))
+    }
+
+    /// Merges `event` with the stored event of `key` and writes it with compare-and-set,
+    /// again from a fresh read when another backend wrote the key in between. The event is
+    /// stored when this returns `Ok` (for keys this backend cannot own, see [`residents`]).
+    async fn store_merged(&self, key: &Key, event: &mut Value) -> kensa_store::Result<()> {
+        /// Concurrent writers of one key are a handful of backends at most.
+        const ATTEMPTS: usize = 8;
+        let check = event["check"].take();
+        for _ in 0..ATTEMPTS {
+            let current = self.deps.store.get(key).await?;
+            let previous = current.as_ref().map(|c| state_of(&c.value["check"]));
+            event["check"] =
+                kensa_types::event_state::merge_check(previous.as_ref(), check.clone());
+            let stored = stored_copy(event);
+            let written = match &current {
+                Some(current) => {
+                    self.deps
+                        .store
+                        .put(
+                            key,
+                            &stored,
+                            kensa_store::Precondition::Revision(current.revision),
+                        )
+                        .await
+                }
+                None => self.deps.store.create(key, &stored).await,
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(
+                    kensa_store::StoreError::Conflict(_)
+                    | kensa_store::StoreError::AlreadyExists(_)
+                    | kensa_store::StoreError::NotFound(_),
+                ) => {
+                    self.deps.telemetry.event_write_conflicts.inc();
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(kensa_store::StoreError::Unavailable(format!(
+            "{key} kept changing concurrently ({ATTEMPTS} attempts)"
+        )))
     }
 
     /// Replaces a proxy event's entity with the stored one, creating a proxy entity when it

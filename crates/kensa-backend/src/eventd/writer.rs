@@ -84,7 +84,12 @@ async fn commit(
         .flat_map(|item| std::mem::take(&mut item.writes))
         .collect();
     let started = Instant::now();
-    let result = deps.store.put_all(&all).await;
+    // Items whose event was written with compare-and-set may bring nothing more to write.
+    let result = if all.is_empty() {
+        Ok(())
+    } else {
+        deps.store.put_all(&all).await
+    };
     deps.telemetry
         .event_batch_seconds
         .observe(started.elapsed().as_secs_f64());
