@@ -145,6 +145,7 @@ impl Keepalived {
         let takeover = tokio::spawn(takeover(
             store.clone(),
             membership.clone(),
+            telemetry.clone(),
             adopted_tx,
             shutdown.clone(),
         ));
@@ -653,6 +654,7 @@ impl Service {
 async fn takeover(
     store: Arc<dyn Store>,
     membership: Arc<Membership>,
+    telemetry: Arc<Telemetry>,
     adopted: mpsc::Sender<Adopted>,
     shutdown: CancellationToken,
 ) {
@@ -680,6 +682,7 @@ async fn takeover(
             match outcome {
                 Ok(count) => {
                     if count > 0 {
+                        telemetry.keepalive_takeovers.inc_by(count as u64);
                         tracing::info!(
                             agents = count,
                             "took over the keepalives of agents whose backend is gone"

@@ -181,6 +181,7 @@ pub async fn run(
     tasks.push(tokio::spawn(shed_sessions_while_store_lost(
         membership.clone(),
         agentd.clone(),
+        telemetry.clone(),
         shutdown.child_token(),
     )));
     let (round_orders, round_orders_rx) = RoundOrders::channel(telemetry.clone());
@@ -278,16 +279,25 @@ pub async fn run(
 }
 
 /// Sheds agent sessions while membership says the store is lost, and takes agents again once
-/// it is back (see `cluster.rs`, `agentd.rs`).
+/// it is back (see `cluster.rs`, `agentd.rs`); exports what membership sees as metrics.
 async fn shed_sessions_while_store_lost(
     membership: Arc<Membership>,
     agentd: Arc<Agentd>,
+    telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
     let mut states = membership.subscribe();
     loop {
-        let lost = !states.borrow_and_update().store_reachable;
+        let state = states.borrow_and_update().clone();
+        let lost = !state.store_reachable;
         agentd.set_shedding(lost);
+        let alive = state.members.iter().filter(|m| m.alive).count();
+        telemetry.cluster_members_alive.set(alive as i64);
+        telemetry
+            .cluster_members_dead
+            .set((state.members.len() - alive) as i64);
+        telemetry.store_reachable.set(i64::from(!lost));
+        telemetry.agent_sessions_shedding.set(i64::from(lost));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = states.changed() => if changed.is_err() { return },

@@ -44,6 +44,12 @@ pub struct Telemetry {
     pub keepalive_failures: Family<StatusLabels, Counter>,
     pub registrations: Counter,
     pub deregistrations: Counter,
+    pub keepalive_takeovers: Counter,
+    // Cluster.
+    pub cluster_members_alive: Gauge,
+    pub cluster_members_dead: Gauge,
+    pub store_reachable: Gauge,
+    pub agent_sessions_shedding: Gauge,
     // Pipelines.
     pub handler_outcomes: Family<HandlerLabels, Counter>,
     pub filter_expression_errors: Counter,
@@ -187,6 +193,36 @@ impl Telemetry {
             "Failures raised because a check's TTL expired",
             ttl_failures.clone(),
         );
+        let keepalive_takeovers = Counter::default();
+        registry.register(
+            "keepalive_takeovers",
+            "Agents whose liveness this backend adopted from a dead cluster member",
+            keepalive_takeovers.clone(),
+        );
+        let cluster_members_alive = Gauge::default();
+        registry.register(
+            "cluster_members_alive",
+            "Cluster members this backend sees alive (itself included)",
+            cluster_members_alive.clone(),
+        );
+        let cluster_members_dead = Gauge::default();
+        registry.register(
+            "cluster_members_dead",
+            "Cluster members whose heartbeat stopped, not yet forgotten",
+            cluster_members_dead.clone(),
+        );
+        let store_reachable = Gauge::default();
+        registry.register(
+            "store_reachable",
+            "1 while this backend writes its heartbeat to the store, 0 when it lost the store",
+            store_reachable.clone(),
+        );
+        let agent_sessions_shedding = Gauge::default();
+        registry.register(
+            "agent_sessions_shedding",
+            "1 while agent sessions are shed and refused (the store is lost)",
+            agent_sessions_shedding.clone(),
+        );
         let event_batches = Counter::default();
         registry.register(
             "event_store_batches",
@@ -306,6 +342,11 @@ impl Telemetry {
             events_rejected,
             events_duplicate,
             event_write_conflicts,
+            keepalive_takeovers,
+            cluster_members_alive,
+            cluster_members_dead,
+            store_reachable,
+            agent_sessions_shedding,
             ttl_failures,
             event_batches,
             event_batch_seconds,

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::faults::{free_port, tail, Process, TcpProxy};
+use common::faults::{free_port, get_text, metric_sum, tail, Process, TcpProxy};
 use common::{expect, Client};
 use kensa_agent::config::{AgentConfig, RetryPolicy};
 use kensa_agent::Agent;
@@ -434,6 +434,15 @@ async fn scenario(cluster: &mut Cluster, store: &kensa_store::postgres::Postgres
         )
         .await;
     }
+    // ... and say so in their metrics, with the doomed agent's liveness adopted by one of them.
+    let mut takeovers = 0.0;
+    for survivor in &survivors {
+        let metrics = cluster.metrics(&cluster.backends[*survivor]).await;
+        assert_eq!(metric_sum(&metrics, "kensa_cluster_members_alive"), 2.0);
+        assert_eq!(metric_sum(&metrics, "kensa_cluster_members_dead"), 1.0);
+        takeovers += metric_sum(&metrics, "kensa_keepalive_takeovers_total");
+    }
+    assert!(takeovers >= 1.0, "the survivors took over the doomed agent");
 
     // --- one backend loses its store -----------------------------------------------------------
     let mut on_survivor: BTreeMap<usize, Vec<String>> = BTreeMap::new();
@@ -468,6 +477,17 @@ async fn scenario(cluster: &mut Cluster, store: &kensa_store::postgres::Postgres
     )
     .await;
     println!("backend {isolated} unhealthy after {:?}", cut.elapsed());
+    eventually(
+        "its metrics say the store is lost and sessions are shed",
+        Duration::from_secs(8),
+        async || {
+            let metrics = get_text(&cluster.http, &format!("{}/metrics", backend.api)).await?;
+            (metric_sum(&metrics, "kensa_store_reachable") == 0.0
+                && metric_sum(&metrics, "kensa_agent_sessions_shedding") == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     for name in &stranded {
         eventually(
             "a backend without its store sheds its agents to the others",
@@ -714,6 +734,12 @@ impl Cluster {
             .ok()?;
         let status = response.status().as_u16();
         Some((status, response.json().await.ok()?))
+    }
+
+    async fn metrics(&self, backend: &Backend) -> String {
+        get_text(&self.http, &format!("{}/metrics", backend.api))
+            .await
+            .expect("/metrics answers")
     }
 
     async fn clients(&self) -> Vec<Client> {

@@ -4,6 +4,8 @@
 
 pub mod fake_agent;
 pub mod faults;
+pub mod nats;
+pub mod nginx;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
