@@ -619,6 +619,8 @@ impl Service {
         if let Err(err) = deletes.await {
             tracing::warn!(%err, namespace, agent = %name, "deregistration: delete failed");
         }
+        // An agent of the same name registering later starts with a fresh history.
+        self.eventd.forget(namespace, &format!("{name}/")).await;
         for mut event in events {
             event["check"]["status"] = json!(0);
             event["check"]["output"] = json!("Resolving due to entity deregistering");

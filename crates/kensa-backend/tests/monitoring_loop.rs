@@ -345,6 +345,78 @@ async fn a_killed_agent_raises_keepalive_warning_then_critical() {
 }
 
 #[tokio::test]
+async fn a_dead_agent_with_deregister_is_removed_its_events_resolved_and_its_handler_run() {
+    if !plugins_available() {
+        return;
+    }
+    let lp = Loop::start().await;
+    let checks = lp.recording_handler("record", &[]).await;
+    let deregistrations = lp.recording_handler("goodbye", &[]).await;
+    lp.check(json!({
+        "metadata": {"name": "disk"},
+        "command": format!("{} 2 'disk full'", plugin("check_dummy")),
+        "interval": 1,
+        "subscriptions": ["linux"],
+        "handlers": ["record"],
+        "publish": true,
+    }))
+    .await;
+    let mut config = lp.agent_config("ephemeral", &["linux"]);
+    config.deregister = true;
+    config.deregistration_handler = "goodbye".into();
+    let agent = lp.agent_with(config).await;
+    lp.event("ephemeral", "disk", Duration::from_secs(15), |e| {
+        e["check"]["occurrences"].as_u64().unwrap_or(0) >= 5
+    })
+    .await;
+    agent.kill().await;
+    // At the keepalive warning timeout (5 s) the agent is deregistered instead of alerting.
+    let goodbye = wait_handled(&deregistrations, Duration::from_secs(12), |e| {
+        check_name(e) == "deregistration"
+    })
+    .await;
+    assert_eq!(goodbye["entity"]["metadata"]["name"], "ephemeral");
+    let resolved = wait_handled(&checks, Duration::from_secs(5), |e| {
+        check_name(e) == "disk" && e["check"]["status"] == 0
+    })
+    .await;
+    assert_eq!(
+        resolved["check"]["output"],
+        "Resolving due to entity deregistering"
+    );
+    expect(
+        lp.client.get("namespaces/default/entities/ephemeral").await,
+        404,
+    );
+    expect(
+        lp.client
+            .get("namespaces/default/events/ephemeral/disk")
+            .await,
+        404,
+    );
+    // No keepalive alert either: its keepalive event went with the entity.
+    expect(
+        lp.client
+            .get("namespaces/default/events/ephemeral/keepalive")
+            .await,
+        404,
+    );
+    // Coming back under the same name is a new registration with a fresh history.
+    let _again = lp.agent("ephemeral", &["linux"]).await;
+    let fresh = lp
+        .event("ephemeral", "disk", Duration::from_secs(10), |e| {
+            e["check"]["status"] == 2
+        })
+        .await;
+    assert!(
+        fresh["check"]["history"].as_array().unwrap().len() < 5,
+        "history starts again: {}",
+        fresh["check"]["history"]
+    );
+    lp.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_check_whose_results_stop_raises_its_ttl_failure() {
     let lp = Loop::start().await;
     lp.check(json!({

@@ -74,23 +74,32 @@ pub fn grep(path: &Path, needles: &[String], limit: usize) -> Vec<String> {
         .collect()
 }
 
-/// Where the binaries under test are: the backend's from Cargo, the agent's next to it (built
-/// with the same target directory if it is not there yet).
+/// Where the binaries under test are: the backend's from Cargo, the agent's next to it, built
+/// (once per test binary) with the same target directory so that it is never a stale build
+/// (`cargo test -p kensa-backend` does not rebuild another package's binary by itself).
 pub fn binaries() -> (PathBuf, PathBuf) {
+    static AGENT_BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let backend = PathBuf::from(env!("CARGO_BIN_EXE_kensa-backend"));
     let profile_dir = backend.parent().expect("binary directory").to_path_buf();
     let agent = profile_dir.join("kensa-agent");
-    if !agent.exists() {
+    AGENT_BUILT.get_or_init(|| {
         let target_dir = profile_dir.parent().expect("target directory");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
-            .args(["build", "-p", "kensa-agent", "--bin", "kensa-agent"])
+            .args([
+                "build",
+                "--locked",
+                "-p",
+                "kensa-agent",
+                "--bin",
+                "kensa-agent",
+            ])
             .env("CARGO_TARGET_DIR", target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo build for kensa-agent");
         assert!(status.success(), "building kensa-agent failed");
-    }
+    });
     assert!(agent.exists(), "{} is missing", agent.display());
     (backend, agent)
 }
