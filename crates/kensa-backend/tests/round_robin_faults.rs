@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::faults::{
-    binaries, free_port, grep, now_ms, tail, wait_ok, CounterBank, Process, TcpProxy,
+    binaries, free_port, get_text, grep, metric_sum, now_ms, tail, wait_ok, CounterBank, Process,
+    TcpProxy,
 };
 use common::{expect, Client};
 use kensa_backend::rounds::record::{self, RoundRef};
@@ -156,8 +157,13 @@ async fn nats_queue_runs_every_round_through_agent_backend_and_server_faults() {
     rig.kill_backend(2).await;
     rig.at(t0, 75).await;
     rig.kill_nats();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let nats_killed = Instant::now();
+    // Without the bus the backends say so in /health and hold their agent sessions (every
+    // check but round robin keeps running); they recover by themselves when it is back.
+    rig.bus_loss_reported_and_sessions_held().await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(nats_killed.elapsed())).await;
     rig.start_nats().await;
+    rig.healthy_again(Duration::from_secs(15)).await;
     rig.at(t0, 95).await;
     rig.start_backend(2).await;
     rig.at(t0, 100).await;
@@ -387,6 +393,63 @@ impl Rig {
             tail(&log, 60)
         );
         self.note(format!("backend-{index} started and healthy"));
+    }
+
+    /// With the nats-server down, every running backend answers `/health` with 503 and
+    /// `QueueHealth.Healthy: false` within a few seconds, and keeps its agent sessions.
+    async fn bus_loss_reported_and_sessions_held(&mut self) {
+        let running: Vec<String> = self
+            .backends
+            .iter()
+            .filter(|node| node.process.is_some())
+            .map(|node| node.url())
+            .collect();
+        let mut sessions_before = 0.0;
+        for url in &running {
+            let deadline = Instant::now() + Duration::from_secs(4);
+            loop {
+                let response = self
+                    .http
+                    .get(format!("{url}/health"))
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await;
+                if let Ok(response) = response {
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.unwrap_or_default();
+                    if status == 503 && body["QueueHealth"]["Healthy"] == false {
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} did not report the lost queue in /health"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let metrics = get_text(&self.http, &format!("{url}/metrics"))
+                .await
+                .expect("/metrics answers without the bus");
+            sessions_before += metric_sum(&metrics, "kensa_agent_sessions");
+        }
+        assert!(
+            sessions_before >= 1.0,
+            "agents stay connected while the bus is down"
+        );
+        self.note("backends report the lost queue, sessions held".into());
+    }
+
+    /// Every running backend answers `/health` with 200 again within `wait`.
+    async fn healthy_again(&mut self, wait: Duration) {
+        for node in self.backends.iter().filter(|node| node.process.is_some()) {
+            let up = wait_ok(&self.http, &format!("{}/health", node.url()), wait).await;
+            assert!(
+                up,
+                "backend did not become healthy again after the bus returned:\n{}",
+                tail(&node.log, 40)
+            );
+        }
+        self.note("backends healthy again".into());
     }
 
     /// Reads backend `index`'s counters, then kills it with SIGKILL; returns when (Unix ms).
