@@ -6,9 +6,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use kensa_agent::config::{AgentConfig, RetryPolicy};
+use kensa_agent::config::{AgentConfig, StartArgs};
 use kensa_store::{Key, ListQuery, Store};
 use kensa_types::Kind;
 use serde_json::json;
@@ -26,6 +25,13 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     let agent_config = agent_config(config, agent_port);
     tokio::spawn(async move {
+        let agent_config = match agent_config {
+            Ok(agent_config) => agent_config,
+            Err(err) => {
+                tracing::error!(%err, "the local agent's configuration is invalid");
+                return;
+            }
+        };
         if let Err(err) = seed_starter_checks(store.as_ref()).await {
             tracing::warn!(%err, "could not add the starter checks");
         }
@@ -36,49 +42,34 @@ pub fn start(
     })
 }
 
-fn agent_config(config: &BackendConfig, agent_port: u16) -> AgentConfig {
-    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
-    let host = if config.tls.is_some() {
-        "localhost"
+/// The local agent's configuration: the agent's own defaults (resolved like its command line),
+/// with the local inputs off — they would collide with a separately installed agent's ports.
+fn agent_config(
+    config: &BackendConfig,
+    agent_port: u16,
+) -> Result<AgentConfig, kensa_agent::config::ConfigError> {
+    let (scheme, host) = if config.tls.is_some() {
+        ("wss", "localhost")
     } else {
-        "127.0.0.1"
+        ("ws", "127.0.0.1")
     };
-    AgentConfig {
-        name: kensa_agent::config::default_name(),
-        backend_urls: vec![format!("{scheme}://{host}:{agent_port}")],
-        namespace: "default".into(),
+    StartArgs {
+        backend_url: vec![format!("{scheme}://{host}:{agent_port}")],
+        namespace: Some("default".into()),
         subscriptions: vec!["local".into(), "linux".into()],
-        labels: Default::default(),
-        annotations: Default::default(),
-        user: "agent".into(),
-        password: "P@ssw0rd!".into(),
-        cache_dir: config.state_dir.join("local-agent"),
-        keepalive_interval: 20,
-        keepalive_warning_timeout: 120,
-        keepalive_critical_timeout: 240,
-        keepalive_handlers: Vec::new(),
-        deregister: false,
-        deregistration_handler: String::new(),
-        redact: Vec::new(),
-        // The local inputs would collide with a separately installed agent's default ports.
-        api: None,
-        socket: None,
-        statsd: None,
-        statsd_flush_interval: Duration::from_secs(10),
-        statsd_event_handlers: Vec::new(),
+        user: Some("agent".into()),
+        password: Some("P@ssw0rd!".into()),
+        cache_dir: Some(config.state_dir.join("local-agent")),
+        disable_api: Some(true),
+        disable_sockets: Some(true),
+        statsd_disable: Some(true),
         trusted_ca_file: config.tls.as_ref().and_then(|t| t.trusted_ca_file.clone()),
-        insecure_skip_tls_verify: false,
-        retry: RetryPolicy {
-            min: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            multiplier: 2.0,
-        },
-        handshake_timeout: Duration::from_secs(15),
-        heartbeat_interval: Duration::from_secs(30),
-        heartbeat_timeout: Duration::from_secs(45),
-        max_concurrent_checks: 8,
-        log_level: config.log_level.clone(),
+        retry_min: Some("200ms".into()),
+        retry_max: Some("10s".into()),
+        log_level: Some(config.log_level.clone()),
+        ..StartArgs::default()
     }
+    .resolve()
 }
 
 /// The starter checks, by name: Nagios plugins when installed, else shell equivalents.

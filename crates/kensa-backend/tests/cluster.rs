@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::faults::{free_port, get_text, metric_sum, tail, Process, TcpProxy};
 use common::{expect, Client};
-use kensa_agent::config::{AgentConfig, RetryPolicy};
+use kensa_agent::config::StartArgs;
 use kensa_agent::Agent;
 use kensa_store::{Key, Store};
 use serde_json::{json, Value};
@@ -765,41 +765,28 @@ impl Cluster {
     }
 
     async fn agent(&self, name: &str, backend_urls: Vec<String>) -> RunningAgent {
-        let config = AgentConfig {
-            name: name.into(),
-            backend_urls,
-            namespace: "default".into(),
+        let config = StartArgs {
+            name: Some(name.into()),
+            backend_url: backend_urls,
+            namespace: Some("default".into()),
             subscriptions: vec!["cluster".into()],
-            labels: Default::default(),
-            annotations: Default::default(),
-            user: "agent".into(),
-            password: PASSWORD.into(),
-            cache_dir: self.dir.path().join(format!("cache-{name}")),
-            keepalive_interval: KEEPALIVE_INTERVAL,
-            keepalive_warning_timeout: WARNING_TIMEOUT,
-            keepalive_critical_timeout: CRITICAL_TIMEOUT,
-            keepalive_handlers: Vec::new(),
-            deregister: false,
-            deregistration_handler: String::new(),
-            redact: Vec::new(),
-            api: None,
-            socket: None,
-            statsd: None,
-            statsd_flush_interval: Duration::from_secs(10),
-            statsd_event_handlers: Vec::new(),
-            trusted_ca_file: None,
-            insecure_skip_tls_verify: false,
-            retry: RetryPolicy {
-                min: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-                multiplier: 2.0,
-            },
-            handshake_timeout: Duration::from_secs(5),
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(45),
-            max_concurrent_checks: 8,
-            log_level: "warn".into(),
-        };
+            user: Some("agent".into()),
+            password: Some(PASSWORD.into()),
+            cache_dir: Some(self.dir.path().join(format!("cache-{name}"))),
+            keepalive_interval: Some(KEEPALIVE_INTERVAL),
+            keepalive_warning_timeout: Some(WARNING_TIMEOUT),
+            keepalive_critical_timeout: Some(CRITICAL_TIMEOUT),
+            disable_api: Some(true),
+            disable_sockets: Some(true),
+            statsd_disable: Some(true),
+            retry_min: Some("100ms".into()),
+            retry_max: Some("1s".into()),
+            backend_handshake_timeout: Some(5),
+            log_level: Some("warn".into()),
+            ..StartArgs::default()
+        }
+        .resolve()
+        .expect("agent configuration");
         let shutdown = CancellationToken::new();
         let agent = Agent::start(config, shutdown.clone()).await.unwrap();
         RunningAgent {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{expect, poll_until, Client};
-use kensa_agent::config::{AgentConfig, RetryPolicy};
+use kensa_agent::config::{AgentConfig, StartArgs};
 use kensa_agent::Agent;
 use kensa_backend::testing::TestServer;
 use serde_json::{json, Value};
@@ -68,41 +68,28 @@ impl Loop {
     }
 
     fn agent_config(&self, name: &str, subscriptions: &[&str]) -> AgentConfig {
-        AgentConfig {
-            name: name.into(),
-            backend_urls: vec![self.server.agent_url.clone()],
-            namespace: "default".into(),
+        StartArgs {
+            name: Some(name.into()),
+            backend_url: vec![self.server.agent_url.clone()],
+            namespace: Some("default".into()),
             subscriptions: subscriptions.iter().map(|s| s.to_string()).collect(),
-            labels: Default::default(),
-            annotations: Default::default(),
-            user: "agent".into(),
-            password: "P@ssw0rd!".into(),
-            cache_dir: self.dir.path().join(format!("cache-{name}")),
-            keepalive_interval: 1,
-            keepalive_warning_timeout: 5,
-            keepalive_critical_timeout: 8,
-            keepalive_handlers: Vec::new(),
-            deregister: false,
-            deregistration_handler: String::new(),
-            redact: Vec::new(),
-            api: None,
-            socket: None,
-            statsd: None,
-            statsd_flush_interval: Duration::from_secs(10),
-            statsd_event_handlers: Vec::new(),
-            trusted_ca_file: None,
-            insecure_skip_tls_verify: false,
-            retry: RetryPolicy {
-                min: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-                multiplier: 2.0,
-            },
-            handshake_timeout: Duration::from_secs(5),
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(45),
-            max_concurrent_checks: 8,
-            log_level: "warn".into(),
+            user: Some("agent".into()),
+            password: Some("P@ssw0rd!".into()),
+            cache_dir: Some(self.dir.path().join(format!("cache-{name}"))),
+            keepalive_interval: Some(1),
+            keepalive_warning_timeout: Some(5),
+            keepalive_critical_timeout: Some(8),
+            disable_api: Some(true),
+            disable_sockets: Some(true),
+            statsd_disable: Some(true),
+            retry_min: Some("100ms".into()),
+            retry_max: Some("1s".into()),
+            backend_handshake_timeout: Some(5),
+            log_level: Some("warn".into()),
+            ..StartArgs::default()
         }
+        .resolve()
+        .expect("agent configuration")
     }
 
     async fn agent(&self, name: &str, subscriptions: &[&str]) -> RunningAgent {
