@@ -563,13 +563,11 @@ impl Shard {
                 };
                 let check = event["check"].take();
                 event["check"] = kensa_types::event_state::merge_check(previous.as_ref(), check);
-                let stored = stored_copy(&event);
                 self.cache
                     .lock()
                     .expect("shard cache poisoned")
                     .previous
-                    .insert(cache_key.clone(), (generation, state_of(&stored["check"])));
-                writes.push((key.clone(), stored));
+                    .insert(cache_key.clone(), (generation, state_of(&event["check"])));
                 Some(cache_key)
             }
             None => {
@@ -602,6 +600,10 @@ impl Shard {
             ))
         };
         let processed = decode_processed(&event);
+        if cache_key.is_some() {
+            // The pipelines have their (whole) copy: the event itself becomes the write.
+            writes.push((key, into_stored(event)));
+        }
         self.deps.telemetry.events_processed.inc();
         Some(WriteItem {
             shard: self.index,
@@ -678,15 +680,21 @@ impl Shard {
     /// again from a fresh read when another backend wrote the key in between. The event is
     /// stored when this returns `Ok` (for keys this backend cannot own, see [`residents`]).
     async fn store_merged(&self, key: &Key, event: &mut Value) -> kensa_store::Result<()> {
-        /// Concurrent writers of one key are a handful of backends at most.
-        const ATTEMPTS: usize = 8;
+        /// Concurrent writers of one key are a handful of backends at most; a backend that keeps
+        /// losing the race backs off a random few milliseconds (more each time) so that a
+        /// busier one cannot starve it.
+        const ATTEMPTS: u32 = 20;
         let check = event["check"].take();
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=attempt * 2);
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(jitter))).await;
+            }
             let current = self.deps.store.get(key).await?;
             let previous = current.as_ref().map(|c| state_of(&c.value["check"]));
             event["check"] =
                 kensa_types::event_state::merge_check(previous.as_ref(), check.clone());
-            let stored = stored_copy(event);
+            let stored = into_stored(event.clone());
             let written = match &current {
                 Some(current) => {
                     self.deps
@@ -911,10 +919,10 @@ fn expiring_silences(view: &ConfigView, namespace: &str, event: &Value) -> Vec<K
         .collect()
 }
 
-/// The stored copy: output cut to `max_output_size` bytes (the pipelines get it whole), with
-/// the `sensu.io/output_truncated_bytes` label (reference §3.6 step 5.4).
-fn stored_copy(event: &Value) -> Value {
-    let mut stored = event.clone();
+/// What is stored of an event: output cut to `max_output_size` bytes (the pipelines get it
+/// whole), with the `sensu.io/output_truncated_bytes` label (reference §3.6 step 5.4).
+fn into_stored(event: Value) -> Value {
+    let mut stored = event;
     let max = stored["check"]["max_output_size"].as_u64().unwrap_or(0) as usize;
     if max > 0 {
         if let Some(output) = stored["check"]["output"].as_str() {
