@@ -220,11 +220,14 @@ async function browserFirstView(browser, hash, rendered) {
   }
   const first = runs.map((r) => r.first_render_ms);
   const bytes = runs[0].requests.reduce((sum, r) => sum + r.transfer_bytes, 0);
+  const decoded = runs[0].requests.reduce((sum, r) => sum + r.body_bytes, 0);
   return {
     page: hash,
     first_render: stats(first),
     wall: stats(runs.map((r) => r.wall_ms)),
+    // On the wire (headers included, static assets gzipped), and the bodies once decoded.
     first_view_transfer_bytes: bytes,
+    first_view_decoded_bytes: decoded,
     first_view_requests: runs[0].requests,
   };
 }

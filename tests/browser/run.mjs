@@ -7,7 +7,9 @@
 //
 // Scenario: log in → overview; a failing event reported through the API while the events page
 // is open appears without a reload; filter; silence it and see it marked silenced; resolve it;
-// log out. A `view` user sees no action buttons and the API refuses its direct actions (403).
+// a round-robin check run by real agents (started by dashboard.rs) shows its last rounds and
+// which agent ran each, updated live; log out. A `view` user sees no action buttons and the API
+// refuses its direct actions (403), and sees the round-robin health too.
 // Throughout: no page errors, no request leaves the dashboard's origin.
 
 import { chromium } from 'playwright-core';
@@ -23,6 +25,8 @@ const URL_ = env('DASHBOARD_URL').replace(/\/$/, '');
 const ADMIN = [env('ADMIN_USERNAME'), env('ADMIN_PASSWORD')];
 const VIEWER = [env('VIEWER_USERNAME'), env('VIEWER_PASSWORD')];
 const SHOTS = env('SCREENSHOT_DIR');
+/// The agents dashboard.rs starts for the round-robin check `synthetic`.
+const PROBES = ['probe-a', 'probe-b', 'probe-c'];
 mkdirSync(SHOTS, { recursive: true });
 
 const TIMEOUT = 15000;
@@ -105,6 +109,25 @@ async function login(page, [user, password]) {
 }
 
 const row = (page, key) => page.locator(`tbody tr[data-key="${key}"]`);
+
+/// The round-robin check's rounds table: `[state, agent]` of every row, newest first.
+async function roundRows(page) {
+  return page.locator('section.rounds tbody tr').evaluateAll((rows) => rows.map((r) => [
+    r.querySelector('td[data-label="State"]')?.textContent,
+    r.querySelector('td[data-label="Agent"]')?.textContent,
+  ]));
+}
+
+/// Waits until completed rounds name every probe agent.
+async function waitForRoundsOfEveryProbe(page) {
+  await page.waitForFunction((agents) => {
+    const rows = [...document.querySelectorAll('section.rounds tbody tr')];
+    const ran = new Set(rows
+      .filter((r) => r.querySelector('td[data-label="State"]')?.textContent === 'Completed')
+      .map((r) => r.querySelector('td[data-label="Agent"]').textContent));
+    return agents.every((a) => ran.has(a));
+  }, PROBES, { timeout: 30000 });
+}
 
 async function adminScenario(browser) {
   const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
@@ -237,6 +260,32 @@ async function adminScenario(browser) {
   await page.locator('body[data-rendered="check"]').waitFor();
   await page.getByRole('button', { name: 'Run now' }).click();
   await page.getByRole('status').filter({ hasText: 'run it now' }).waitFor();
+
+  step('a round-robin check run by real agents shows its last rounds and who ran them, live');
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Checks' }).click();
+  await page.locator('body[data-rendered="checks"]').waitFor();
+  await page.getByRole('link', { name: 'synthetic', exact: true }).click();
+  await page.locator('body[data-rendered="check"]').waitFor();
+  await page.evaluate(() => { window.kensaNoReload = true; });
+  const rounds = page.getByRole('table', { name: 'Last rounds of synthetic, newest first' });
+  await rounds.waitFor();
+  const headers = await rounds.locator('thead th').evaluateAll((ths) => ths.map((th) => th.textContent));
+  check(headers.join() === 'Round,Subscription,State,Agent,Deliveries,Result,Notes', `rounds table headers: ${headers}`);
+  await waitForRoundsOfEveryProbe(page);
+  const shown = await roundRows(page);
+  const completed = shown.filter(([state]) => state === 'Completed');
+  check(completed.every(([, agent]) => PROBES.includes(agent)), `rounds ran on: ${shown.map((r) => r[1])}`);
+  const summary = await page.locator('.rr-summary').innerText();
+  check(/^\d+ of the last \d+ rounds? completed/.test(summary), `round summary: ${summary}`);
+  for (const agent of PROBES) check(summary.includes(`${agent} `), `the spread names ${agent}: ${summary}`);
+  // Rounds keep coming (one a second) and the table follows without reloading the page.
+  const newest = await page.locator('section.rounds tbody tr').first().getAttribute('data-key');
+  await page.waitForFunction((key) => {
+    const first = document.querySelector('section.rounds tbody tr');
+    return first && first.dataset.key !== key;
+  }, newest, { timeout: 15000 });
+  check(await page.evaluate(() => window.kensaNoReload === true), 'the check page reloaded');
+  await checkLabels(page, 'check');
   await shot(page, 'check', { fullPage: true });
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Silences' }).click();
   await page.locator('body[data-rendered="silences"]').waitFor();
@@ -302,6 +351,12 @@ async function viewerScenario(browser) {
   await page.goto(`${URL_}/#/n/default/checks`);
   await page.locator('body[data-rendered="checks"]').waitFor();
   check(await page.getByRole('button', { name: /Run/ }).count() === 0, 'viewer sees Run now');
+
+  step('a view user sees the round-robin health of a check it may read');
+  await page.goto(`${URL_}/#/n/default/checks/synthetic`);
+  await page.locator('body[data-rendered="check"]').waitFor();
+  await waitForRoundsOfEveryProbe(page);
+  check(await page.getByRole('button', { name: /Run/ }).count() === 0, 'viewer sees Run now on the check');
 
   step('the API refuses a view user\'s actions');
   const viewerToken = await page.evaluate(() => JSON.parse(sessionStorage.getItem('kensa.session')).access_token);

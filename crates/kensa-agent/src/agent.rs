@@ -1,6 +1,7 @@
 //! Assembles a running agent from its services and stops them in reverse order (reference
 //! §2.1): the outbox is opened first (everything else writes to it), then the entity (with a
-//! first collection of system facts), the check executor, the local inputs and the connection
+//! first collection of system facts), the asset cache (unless `disable-assets`), the check
+//! executor (with the allow-list `config.rs` loaded), the local inputs and the connection
 //! manager. On shutdown the connection closes, the inputs stop, and checks still running get
 //! [`SHUTDOWN_GRACE`] to finish and store their results.
 
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::assets::{AssetManager, AssetSettings};
 use crate::checks::CheckExecutor;
 use crate::config::{AgentConfig, ListenAddress};
 use crate::entity::EntityManager;
@@ -30,6 +32,11 @@ pub enum AgentError {
     Outbox {
         path: std::path::PathBuf,
         source: OutboxError,
+    },
+    #[error("cache-dir {path}: cannot prepare the asset cache: {source}")]
+    Assets {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -66,12 +73,29 @@ impl Agent {
         let outbox = Arc::new(outbox);
         let entity = Arc::new(EntityManager::new(&config));
         entity.collect_system().await;
+        let assets = match config.disable_assets {
+            true => None,
+            false => Some(Arc::new(
+                AssetManager::new(AssetSettings {
+                    cache_dir: config.cache_dir.clone(),
+                    trusted_ca_file: config.trusted_ca_file.clone(),
+                    rate_limit: config.assets_rate_limit,
+                    burst_limit: config.assets_burst_limit,
+                })
+                .map_err(|source| AgentError::Assets {
+                    path: config.cache_dir.clone(),
+                    source,
+                })?,
+            )),
+        };
         let (connected_tx, connected) = watch::channel(false);
         let executor = CheckExecutor::new(
             config.name.clone(),
             outbox.clone(),
             entity.subscribe(),
             config.max_concurrent_checks,
+            assets,
+            config.allow_list.clone(),
         );
         let manager = ConnectionManager::new(
             &config,

@@ -11,15 +11,17 @@
 //!    a warning (Sensu started a goroutine per request, without limit).
 //!
 //! Execution: token substitution of the whole check definition against the agent's
-//! synthesized entity (an unmatched token is a status-3 result naming it), the command through
-//! `kensa_exec` with the check's `env_vars`, optional stdin, and a timeout that always exists
-//! (see [`check_timeout`]); metric extraction and thresholds
-//! (`metrics::process_check_output`); hooks matching the resulting status, sequentially, each
-//! at most once; then the event goes to the durable outbox. Every event carries the
-//! *unsubstituted* command, so substituted values (secrets in labels) are never echoed back.
-//!
-//! Runtime assets are not installed yet: a check naming some still runs, and the agent logs
-//! once that assets are unsupported.
+//! synthesized entity (an unmatched token is a status-3 result naming it); its runtime assets
+//! installed (`assets/`; a failure, or assets with `disable-assets`, is a status-3 result
+//! naming the asset and the reason); the allow-list consulted (`allow_list.rs`; a denial is a
+//! status-3 result, or the check's `allow_list_on_deny_status`); the command through
+//! `kensa_exec` with the environment of `exec_env.rs` (assets' `bin/` on `PATH`,
+//! `<ASSET>_PATH`, then the check's `env_vars` unless the allow-list entry drops them),
+//! optional stdin, and a timeout that always exists (see [`check_timeout`]); metric extraction
+//! and thresholds (`metrics::process_check_output`); hooks matching the resulting status,
+//! sequentially, each at most once, with their own assets and the same allow-list; then the
+//! event goes to the durable outbox. Every event carries the *unsubstituted* command, so
+//! substituted values (secrets in labels) are never echoed back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kensa_proto::CheckRequest;
+use kensa_types::resources::asset::Asset;
 use kensa_types::resources::check::{Check, CheckConfig};
 use kensa_types::resources::common::env_var_pairs;
 use kensa_types::resources::entity::Entity;
@@ -37,8 +40,11 @@ use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::allow_list::{AllowList, Verdict, CHECK_DENIED, HOOK_DENIED, ON_DENY_STATUS_ANNOTATION};
+use crate::assets::{AssetManager, RuntimeAsset};
 use crate::dedup::RoundDedup;
 use crate::entity::unix_now;
+use crate::exec_env::ExecEnv;
 use crate::outbox::Outbox;
 
 /// Requests waiting for a slot, as a multiple of `max-concurrent-checks`.
@@ -86,7 +92,10 @@ pub struct CheckExecutor {
     /// Every execution task, so shutdown can wait for them and then stop them.
     tasks: Mutex<JoinSet<()>>,
     closed: AtomicBool,
-    warned_assets: AtomicBool,
+    /// Installs runtime assets; `None` with `disable-assets`.
+    assets: Option<Arc<AssetManager>>,
+    /// `allow-list`; `None`: every command may run.
+    allow_list: Option<Arc<AllowList>>,
 }
 
 /// Releases a request's in-progress entry and admission slot however its task ends.
@@ -125,6 +134,8 @@ impl CheckExecutor {
         outbox: Arc<Outbox>,
         entity: watch::Receiver<Arc<Entity>>,
         max_concurrent: usize,
+        assets: Option<Arc<AssetManager>>,
+        allow_list: Option<Arc<AllowList>>,
     ) -> Arc<CheckExecutor> {
         Arc::new(CheckExecutor {
             agent_name,
@@ -138,7 +149,8 @@ impl CheckExecutor {
             max_admitted: max_concurrent * (1 + QUEUE_FACTOR),
             tasks: Mutex::new(JoinSet::new()),
             closed: AtomicBool::new(false),
-            warned_assets: AtomicBool::new(false),
+            assets,
+            allow_list,
         })
     }
 
@@ -239,28 +251,54 @@ impl CheckExecutor {
     async fn execute(&self, request: CheckRequest) -> Event {
         let entity = self.entity.borrow().clone();
         let executed = unix_now();
-        if !request.config.runtime_assets.is_empty()
-            && !self.warned_assets.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                check = %request.config.metadata.name,
-                assets = ?request.config.runtime_assets,
-                "runtime assets are not supported yet: checks run without them (logged once)"
-            );
-        }
         let original_command = request.config.command.clone();
-        let data = kensa_eval::synthesize_entity(
-            &serde_json::to_value(&*entity).expect("entities always serialize"),
-        );
+        let entity_json = serde_json::to_value(&*entity).expect("entities always serialize");
+        let data = kensa_eval::synthesize_entity(&entity_json);
         let config = match substitute(&request.config, &data) {
             Ok(config) => config,
             Err(message) => {
-                let mut check = Check::from(request.config.clone());
-                check.executed = executed;
-                check.status = FAILURE_STATUS;
-                check.output = format!("error while substituting check tokens: {message}");
-                return self.event(entity, check, &request);
+                let output = format!("error while substituting check tokens: {message}");
+                return self.failure(entity, &request, executed, output, FAILURE_STATUS);
             }
+        };
+        let mut env = ExecEnv::default();
+        if !request.assets.is_empty() || !request.config.runtime_assets.is_empty() {
+            let (names, assets) = (&request.config.runtime_assets, &request.assets);
+            match self
+                .assets_for("check", names, assets, &entity_json, &data)
+                .await
+            {
+                Ok(assets) => env.add_assets(&assets),
+                Err(output) => {
+                    return self.failure(entity, &request, executed, output, FAILURE_STATUS)
+                }
+            }
+        }
+        let env_vars: Vec<(String, String)> = env_var_pairs(&config.env_vars)
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        let env = match &self.allow_list {
+            None => {
+                env.add_env_vars(
+                    env_vars
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str())),
+                );
+                env
+            }
+            Some(allow_list) => match allow_list.check(&config.command, env, env_vars).await {
+                Verdict::Run(env) => env,
+                Verdict::Denied(why) => {
+                    let status = config
+                        .metadata
+                        .annotations
+                        .get(ON_DENY_STATUS_ANNOTATION)
+                        .and_then(|status| status.trim().parse().ok())
+                        .unwrap_or(FAILURE_STATUS);
+                    let output = format!("{CHECK_DENIED}: {why}");
+                    return self.failure(entity, &request, executed, output, status);
+                }
+            },
         };
         let timeout = check_timeout(&config);
         let mut check = Check::from(config);
@@ -269,9 +307,7 @@ impl CheckExecutor {
         let stdin = check.stdin.then(|| stdin_json(&entity, &check));
         let spec = kensa_exec::Spec {
             command: check.command.clone(),
-            env: env_var_pairs(&check.env_vars)
-                .map(|(name, value)| (name.to_owned(), value.to_owned()))
-                .collect(),
+            env: env.into_pairs(),
             stdin,
             timeout: Some(timeout),
             output_limit: 0,
@@ -291,10 +327,64 @@ impl CheckExecutor {
         let mut event = self.event(entity.clone(), check, &request);
         crate::metrics::process_check_output(&mut event, unix_now());
         if let Some(check) = event.check.as_mut() {
-            let hooks = self.run_hooks(check, &request, &entity, &data).await;
+            let hooks = self
+                .run_hooks(check, &request, &entity, &entity_json, &data)
+                .await;
             check.hooks = hooks;
         }
         event
+    }
+
+    /// A result the agent produced without running the command (`output` says why); it
+    /// carries the request's unsubstituted definition. Logged too: never silent.
+    fn failure(
+        &self,
+        entity: Arc<Entity>,
+        request: &CheckRequest,
+        executed: i64,
+        output: String,
+        status: u32,
+    ) -> Event {
+        tracing::warn!(
+            check = %request.execution_key(),
+            status,
+            "check not executed: {output}"
+        );
+        let mut check = Check::from(request.config.clone());
+        check.executed = executed;
+        check.status = status;
+        check.output = output;
+        self.event(entity, check, request)
+    }
+
+    /// Installs `assets` for a check or hook (`what`) naming `names` in `runtime_assets`;
+    /// the error is the result's output. A name the backend sent no asset for (it does not
+    /// exist) is an error too: the command would fail later with a puzzling "not found".
+    async fn assets_for(
+        &self,
+        what: &str,
+        names: &[String],
+        assets: &[Asset],
+        entity: &Value,
+        data: &Value,
+    ) -> Result<Vec<RuntimeAsset>, String> {
+        let Some(manager) = &self.assets else {
+            return Err(format!(
+                "{what} requested assets, but they are disabled on this agent"
+            ));
+        };
+        if let Some(missing) = names
+            .iter()
+            .find(|name| !assets.iter().any(|asset| asset.metadata.name == **name))
+        {
+            return Err(format!(
+                "error getting assets for {what}: asset {missing:?} does not exist"
+            ));
+        }
+        manager
+            .get_all(assets, entity, data, unix_now())
+            .await
+            .map_err(|err| format!("error getting assets for {what}: {err}"))
     }
 
     /// Wraps a finished check into its event.
@@ -326,6 +416,7 @@ impl CheckExecutor {
         check: &Check,
         request: &CheckRequest,
         entity: &Entity,
+        entity_json: &Value,
         data: &Value,
     ) -> Vec<Hook> {
         let mut ran = HashSet::new();
@@ -336,7 +427,10 @@ impl CheckExecutor {
             }
             for name in &list.hooks {
                 if ran.insert(name.as_str()) {
-                    results.push(self.run_hook(name, check, request, entity, data).await);
+                    results.push(
+                        self.run_hook(name, check, request, entity, entity_json, data)
+                            .await,
+                    );
                 }
             }
         }
@@ -349,6 +443,7 @@ impl CheckExecutor {
         check: &Check,
         request: &CheckRequest,
         entity: &Entity,
+        entity_json: &Value,
         data: &Value,
     ) -> Hook {
         let executed = unix_now();
@@ -382,8 +477,34 @@ impl CheckExecutor {
                 return failed(original.clone(), FAILURE_STATUS as i32, output);
             }
         };
+        let mut env = ExecEnv::default();
+        let assets = request.hook_assets.get(name).map_or(&[][..], Vec::as_slice);
+        if !assets.is_empty() || !original.runtime_assets.is_empty() {
+            let names = &original.runtime_assets;
+            match self
+                .assets_for("hook", names, assets, entity_json, data)
+                .await
+            {
+                Ok(assets) => env.add_assets(&assets),
+                Err(output) => {
+                    tracing::warn!(check = %check.metadata.name, hook = %name, "hook not executed: {output}");
+                    return failed(original.clone(), FAILURE_STATUS as i32, output);
+                }
+            }
+        }
+        if let Some(allow_list) = &self.allow_list {
+            match allow_list.check(&hook.command, env, Vec::new()).await {
+                Verdict::Run(allowed) => env = allowed,
+                Verdict::Denied(why) => {
+                    let output = format!("{HOOK_DENIED}: {why}");
+                    tracing::warn!(check = %check.metadata.name, hook = %name, "hook not executed: {output}");
+                    return failed(original.clone(), FAILURE_STATUS as i32, output);
+                }
+            }
+        }
         let spec = kensa_exec::Spec {
             command: hook.command.clone(),
+            env: env.into_pairs(),
             stdin: hook.stdin.then(|| stdin_json(entity, check)),
             timeout: Some(Duration::from_secs(hook.timeout.into())),
             ..kensa_exec::Spec::default()

@@ -1,20 +1,24 @@
 //! `kensa-agent` settings: flags, `KENSA_AGENT_*` environment variables and an optional YAML
 //! config file (`-c`), in that order of precedence, over built-in defaults. Option names are
 //! Sensu's agent options (reference §2.12) so an existing `agent.yml` mostly carries over; the
-//! ones Kensa does not implement yet (assets, allow-list, mTLS…) are refused by name rather
-//! than silently ignored.
+//! ones Kensa does not implement yet (mTLS…) are refused by name rather than silently ignored.
 //!
-//! [`StartArgs::resolve`] is pure (it reads the config file, nothing else): it turns the raw
-//! options into an [`AgentConfig`] and every validation error names the option at fault.
+//! [`StartArgs::resolve`] is pure (it reads the config file and the `allow-list` file, nothing
+//! else): it turns the raw options into an [`AgentConfig`] and every validation error names
+//! the option at fault (and, for the allow-list, the file, entry and field).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand};
 use kensa_types::resources::entity::DEFAULT_REDACT;
 use serde::Deserialize;
+
+use crate::allow_list::AllowList;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,6 +136,18 @@ pub struct StartArgs {
     pub statsd_flush_interval: Option<u32>,
     #[arg(long, env = "KENSA_AGENT_STATSD_EVENT_HANDLERS", value_delimiter = ',')]
     pub statsd_event_handlers: Vec<String>,
+    /// Refuse checks and hooks that need runtime assets (their result says so).
+    #[arg(long, env = "KENSA_AGENT_DISABLE_ASSETS", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub disable_assets: Option<bool>,
+    /// Asset downloads per second (default 1.39, about 5000 an hour).
+    #[arg(long, env = "KENSA_AGENT_ASSETS_RATE_LIMIT")]
+    pub assets_rate_limit: Option<f64>,
+    /// Asset downloads allowed in a burst (default 100).
+    #[arg(long, env = "KENSA_AGENT_ASSETS_BURST_LIMIT")]
+    pub assets_burst_limit: Option<u32>,
+    /// A YAML or JSON file of the only commands checks and hooks may run.
+    #[arg(long, env = "KENSA_AGENT_ALLOW_LIST")]
+    pub allow_list: Option<PathBuf>,
     /// PEM file of the CAs trusted for `wss://` backends.
     #[arg(long, env = "KENSA_AGENT_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
@@ -222,6 +238,10 @@ struct FileConfig {
     statsd_disable: Option<bool>,
     statsd_flush_interval: Option<u32>,
     statsd_event_handlers: Option<ListValue>,
+    disable_assets: Option<bool>,
+    assets_rate_limit: Option<f64>,
+    assets_burst_limit: Option<u32>,
+    allow_list: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
     insecure_skip_tls_verify: Option<bool>,
     retry_min: Option<DurationValue>,
@@ -293,6 +313,14 @@ pub struct AgentConfig {
     pub statsd: Option<ListenAddress>,
     pub statsd_flush_interval: Duration,
     pub statsd_event_handlers: Vec<String>,
+    /// `disable-assets`: checks and hooks needing assets fail instead of running.
+    pub disable_assets: bool,
+    /// `assets-rate-limit`: asset downloads per second (> 0).
+    pub assets_rate_limit: f64,
+    /// `assets-burst-limit` (≥ 1).
+    pub assets_burst_limit: u32,
+    /// `allow-list`, loaded and validated; `None`: every command may run.
+    pub allow_list: Option<Arc<AllowList>>,
     pub trusted_ca_file: Option<PathBuf>,
     pub insecure_skip_tls_verify: bool,
     pub retry: RetryPolicy,
@@ -306,6 +334,9 @@ pub struct AgentConfig {
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/kensa-agent";
 pub const DEFAULT_BACKEND_URL: &str = "ws://127.0.0.1:8081";
 pub const DEFAULT_MAX_CONCURRENT_CHECKS: usize = 32;
+/// Sensu's `assets-rate-limit` default: GitHub's 5000 requests an hour.
+pub const DEFAULT_ASSETS_RATE_LIMIT: f64 = 1.39;
+pub const DEFAULT_ASSETS_BURST_LIMIT: u32 = 100;
 
 /// Splits list values further on commas and whitespace (`KENSA_AGENT_SUBSCRIPTIONS="a b"` and
 /// a YAML `subscriptions: a,b` both work, as with Sensu) and drops empty items.
@@ -604,6 +635,20 @@ impl StartArgs {
                 ));
             }
         }
+        let assets_rate_limit = pick!(assets_rate_limit, DEFAULT_ASSETS_RATE_LIMIT);
+        if !(assets_rate_limit.is_finite() && assets_rate_limit > 0.0) {
+            return Err(invalid("assets-rate-limit", "must be greater than 0"));
+        }
+        let assets_burst_limit = pick!(assets_burst_limit, DEFAULT_ASSETS_BURST_LIMIT);
+        if assets_burst_limit == 0 {
+            return Err(invalid("assets-burst-limit", "must be at least 1"));
+        }
+        let allow_list = match self.allow_list.clone().or(file.allow_list.clone()) {
+            None => None,
+            Some(path) => Some(Arc::new(
+                AllowList::load(&path).map_err(|err| invalid("allow-list", err.to_string()))?,
+            )),
+        };
         let statsd_flush_interval = match pick!(statsd_flush_interval, 10) {
             0 => 10,
             seconds => seconds,
@@ -654,6 +699,10 @@ impl StartArgs {
                 file.statsd_event_handlers.as_ref(),
                 &[],
             ),
+            disable_assets: pick!(disable_assets, false),
+            assets_rate_limit,
+            assets_burst_limit,
+            allow_list,
             trusted_ca_file,
             insecure_skip_tls_verify,
             retry,
@@ -725,6 +774,12 @@ mod tests {
         assert_eq!(config.heartbeat_timeout, Duration::from_secs(45));
         assert_eq!(config.statsd_flush_interval, Duration::from_secs(10));
         assert!(!config.name.is_empty());
+        assert!(!config.disable_assets);
+        assert_eq!(
+            (config.assets_rate_limit, config.assets_burst_limit),
+            (1.39, 100)
+        );
+        assert!(config.allow_list.is_none());
     }
 
     #[test]
@@ -815,6 +870,12 @@ mod tests {
                 &["--trusted-ca-file", "/nonexistent/ca.pem"],
                 "trusted-ca-file:",
             ),
+            (&["--assets-rate-limit", "0"], "assets-rate-limit:"),
+            (&["--assets-burst-limit", "0"], "assets-burst-limit:"),
+            (
+                &["--allow-list", "/nonexistent/allow.yml"],
+                "allow-list: /nonexistent/allow.yml:",
+            ),
         ];
         for (args, expected) in cases {
             let err = parse(args).resolve().unwrap_err().to_string();
@@ -826,6 +887,51 @@ mod tests {
         let file = write_file(&dir, "backend-urls: ws://x\n");
         let err = parse(&["-c", &file]).resolve().unwrap_err().to_string();
         assert!(err.contains("backend-urls"), "{err}");
+    }
+
+    #[test]
+    fn asset_and_allow_list_options_come_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let allow = dir.path().join("allow.yml");
+        std::fs::write(&allow, "- exec: /bin/true\n  args: ['']\n").unwrap();
+        let file = write_file(
+            &dir,
+            &format!(
+                "disable-assets: true\nassets-rate-limit: 5\nassets-burst-limit: 7\n\
+                 allow-list: {}\n",
+                allow.display()
+            ),
+        );
+        let config = parse(&["-c", &file]).resolve().unwrap();
+        assert!(config.disable_assets);
+        assert_eq!(
+            (config.assets_rate_limit, config.assets_burst_limit),
+            (5.0, 7)
+        );
+        assert_eq!(config.allow_list.unwrap().path(), allow);
+        let config = parse(&[
+            "-c",
+            &file,
+            "--disable-assets=false",
+            "--assets-rate-limit",
+            "0.5",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(!config.disable_assets);
+        assert_eq!(config.assets_rate_limit, 0.5);
+
+        // A bad allow-list stops the start, naming the option, the file, the entry and field.
+        std::fs::write(&allow, "- exec: /bin/true\n").unwrap();
+        let err = parse(&["-c", &file]).resolve().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "allow-list: {}: [0].args: cannot be empty (use [\"\"] for a command \
+                 without arguments)",
+                allow.display()
+            )
+        );
     }
 
     #[test]

@@ -8,14 +8,20 @@
 //! - `transport.rs` — the backend connection: backoff, sessions, keepalives, heartbeat.
 //! - `outbox.rs` — the durable outbox every event goes through.
 //! - `checks.rs` (+ `dedup.rs`) — check requests: dedup, admission, execution, hooks.
+//! - `assets/` — runtime assets: build selection, download, SHA-512, unpack, cache.
+//! - `allow_list.rs` — the `allow-list` of commands checks and hooks may run.
+//! - `exec_env.rs` — the environment a command gets (assets' paths, `env_vars`).
 //! - `entity.rs` — the agent's entity and keepalives.
 //! - `metrics/`, `system.rs`, `inputs/` — metric extraction, host facts, local inputs.
 
 pub mod agent;
+pub mod allow_list;
+pub mod assets;
 pub mod checks;
 pub mod config;
 pub mod dedup;
 pub mod entity;
+pub mod exec_env;
 pub mod inputs;
 pub mod metrics;
 pub mod outbox;

@@ -2,7 +2,8 @@
 //! headers, the `/dashboard/api/…` answers (counts, order, filters, pages, RBAC), live updates
 //! over Server-Sent Events, and — in a real headless Chromium driven by
 //! `tests/browser/run.mjs` — the whole user scenario: log in, see a failing event appear live,
-//! filter, silence, resolve, log out, and a `view` user who cannot act.
+//! filter, silence, resolve, log out, a round-robin check run by real agents with its last
+//! rounds on the check page, and a `view` user who cannot act.
 //!
 //! The browser test needs Debian's `chromium` and `tests/browser/node_modules`
 //! (`scripts/browser-setup.sh` installs both). Without them it prints "skipped" and passes,
@@ -14,11 +15,20 @@ use std::time::Duration;
 mod common;
 
 use common::{expect, Answer, Client};
+use kensa_agent::config::StartArgs;
+use kensa_agent::Agent;
 use kensa_backend::testing::TestServer;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 const VIEWER: &str = "viewer";
 const VIEWER_PASSWORD: &str = "viewer-pass-1";
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out).unwrap();
+    out
+}
 
 async fn admin(server: &TestServer) -> Client {
     Client::login(
@@ -118,7 +128,8 @@ fn keys(items: &Value) -> Vec<String> {
 #[tokio::test]
 async fn the_page_is_embedded_with_its_assets_and_locked_down() {
     let server = TestServer::start().await.unwrap();
-    let http = reqwest::Client::new();
+    // Bytes as sent: no transparent decompression, whatever features reqwest was built with.
+    let http = reqwest::Client::builder().no_gzip().build().unwrap();
     let page = http.get(&server.dashboard_url).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
@@ -126,11 +137,13 @@ async fn the_page_is_embedded_with_its_assets_and_locked_down() {
         .unwrap()
         .to_owned();
     assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
+    assert!(page.headers().get("content-encoding").is_none());
     let html = page.text().await.unwrap();
     assert!(html.contains("<title>Kensa</title>"));
     // Every asset the page names is served from the binary, cacheable for good; nothing is
     // fetched from another origin.
     let mut assets = 0;
+    let mut compressed = 0;
     for url in html.split('"').filter(|s| s.starts_with("/assets/")) {
         let answer = http
             .get(format!("{}{url}", server.dashboard_url))
@@ -142,10 +155,40 @@ async fn the_page_is_embedded_with_its_assets_and_locked_down() {
             answer.headers()["cache-control"],
             "public, max-age=31536000, immutable"
         );
-        assert!(!answer.bytes().await.unwrap().is_empty());
+        assert!(answer.headers().get("content-encoding").is_none());
+        let plain = answer.bytes().await.unwrap();
+        assert!(!plain.is_empty());
+        // Compressed for a browser that accepts gzip; the same bytes once inflated.
+        let packed = http
+            .get(format!("{}{url}", server.dashboard_url))
+            .header("accept-encoding", "gzip, deflate, br")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(packed.status(), 200, "{url}");
+        assert_eq!(packed.headers()["vary"], "accept-encoding", "{url}");
+        if packed.headers().get("content-encoding").is_some() {
+            assert_eq!(packed.headers()["content-encoding"], "gzip", "{url}");
+            let bytes = packed.bytes().await.unwrap();
+            assert!(bytes.len() < plain.len(), "{url}: compressed is smaller");
+            assert_eq!(gunzip(&bytes), plain, "{url}");
+            compressed += 1;
+        }
         assets += 1;
     }
     assert_eq!(assets, 3, "app.js, app.css and the icon");
+    assert!(compressed >= 2, "app.js and app.css are served gzipped");
+    let packed_page = http
+        .get(&server.dashboard_url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(packed_page.headers()["content-encoding"], "gzip");
+    assert_eq!(
+        String::from_utf8(gunzip(&packed_page.bytes().await.unwrap())).unwrap(),
+        html
+    );
     assert!(!html.contains("http://") && !html.contains("https://"));
     // The same origin serves the API: the page logs in and reads core/v2 there.
     let api = admin(&server).await;
@@ -603,6 +646,52 @@ async fn seed_for_browser(api: &Client) {
     report(api, "prod", "pay-1", "http", 2, "HTTP CRITICAL: 500").await;
 }
 
+/// The agents that run the round-robin check `synthetic` (subscription `probe`) during the
+/// browser scenario.
+const PROBE_AGENTS: [&str; 3] = ["probe-a", "probe-b", "probe-c"];
+
+/// A round-robin check run by real agents (in process, over the agent WebSocket): the check
+/// page shows its last rounds and which agent ran each.
+async fn start_round_robin(api: &Client, server: &TestServer, dir: &Path) -> Vec<RunningAgent> {
+    let mut agents = Vec::new();
+    for name in PROBE_AGENTS {
+        let config = StartArgs {
+            name: Some(name.into()),
+            backend_url: vec![server.agent_url.clone()],
+            namespace: Some("default".into()),
+            subscriptions: vec!["probe".into()],
+            user: Some("agent".into()),
+            password: Some("P@ssw0rd!".into()),
+            cache_dir: Some(dir.join(name)),
+            disable_api: Some(true),
+            disable_sockets: Some(true),
+            statsd_disable: Some(true),
+            log_level: Some("warn".into()),
+            ..StartArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let agent = Agent::start(config, shutdown.clone()).await.unwrap();
+        agents.push(RunningAgent { shutdown, agent });
+    }
+    expect(
+        api.put(
+            "namespaces/default/checks/synthetic",
+            &json!({"command": "echo 'synthetic login OK'", "interval": 1, "subscriptions": ["probe"],
+                    "round_robin": true, "publish": true, "metadata": {"name": "synthetic"}}),
+        )
+        .await,
+        201,
+    );
+    agents
+}
+
+struct RunningAgent {
+    shutdown: CancellationToken,
+    agent: Agent,
+}
+
 #[tokio::test]
 async fn browser_scenario() {
     let required =
@@ -619,6 +708,8 @@ async fn browser_scenario() {
     let api = admin(&server).await;
     seed_for_browser(&api).await;
     create_viewer(&api).await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agents = start_round_robin(&api, &server, agent_dir.path()).await;
 
     let root = repo_root();
     let screenshots = std::env::var_os("KENSA_SCREENSHOTS_DIR")
@@ -651,5 +742,9 @@ async fn browser_scenario() {
         output.status
     );
     assert!(stdout.contains("scenario passed"), "{stdout}");
+    for running in agents {
+        running.shutdown.cancel();
+        running.agent.stopped().await;
+    }
     server.shutdown().await;
 }

@@ -1332,20 +1332,100 @@
     };
   }
 
+  const ROUND_STATES = {
+    completed: 'Completed', duplicated: 'Ran twice', missed: 'Missed', in_flight: 'In flight',
+  };
+  const ROUND_ROWS = { missed: 'row-critical', duplicated: 'row-warning' };
+  /// How often an open round-robin check page re-reads its rounds without a live change
+  /// (rounds come due and pass their deadline without any event changing).
+  const ROUNDS_REFRESH_MS = 5000;
+
+  /// A round's time: its scheduled tick (or, ad hoc, when it was recorded), exact to the second.
+  function roundTime(r) {
+    const at = new Date(r.time);
+    return h('time', { datetime: at.toISOString(), title: `${at.toLocaleString()} · round ${r.round}` },
+      at.toLocaleTimeString());
+  }
+
+  function roundRow(ns, r) {
+    const notes = [];
+    if (r.adhoc) notes.push('ad hoc run');
+    if (r.late) notes.push('completed after it was reported missed');
+    if (r.duplicates) {
+      const others = r.duplicate_entities.length ? r.duplicate_entities.join(', ') : 'another agent';
+      notes.push(`also ran on ${others}${r.duplicates > r.duplicate_entities.length ? ` (${r.duplicates} times)` : ''}`);
+    }
+    if (r.state === 'in_flight' && r.deadline) {
+      notes.push(h('span', {}, 'missed unless a result arrives ', when(Math.floor(r.deadline / 1000), 'in')));
+    }
+    const known = r.status !== null && r.status !== undefined;
+    return h('tr', { class: ROUND_ROWS[r.state] || null },
+      cell('Round', roundTime(r)),
+      cell('Subscription', r.subscription, r.proxy_entity ? h('span', { class: 'muted' }, ` for ${r.proxy_entity}`) : null),
+      cell('State', h('span', { class: `badge round ${r.state}` }, ROUND_STATES[r.state] || r.state)),
+      cell('Agent', r.entity ? h('a', { href: link(ns, ['entities', r.entity]) }, r.entity) : h('span', { class: 'muted' }, '—')),
+      cell('Deliveries', r.deliveries ? String(r.deliveries) : h('span', { class: 'muted', title: 'not recorded' }, '—')),
+      cell('Result', known ? badge(severityOf(r.status)) : h('span', { class: 'muted' }, '—')),
+      cell('Notes', notes.length ? notes.flatMap((n, i) => (i ? ['; ', n] : [n])) : ''));
+  }
+
   function checkPage(ns, rest) {
     const [name] = rest;
     const head = h('div');
     const { tbody, element } = eventsTable(`Latest results of ${name}`, { agent: true });
+    // Round-robin health: kept across re-renders of `head`, updated in place.
+    const rrPanel = h('section', { class: 'panel', 'aria-labelledby': 'rr-h' }, h('h2', { id: 'rr-h' }, 'Round robin'));
+    const rrBody = h('div');
+    rrPanel.append(rrBody);
+    const roundsBody = h('tbody');
+    const roundsSection = h('section', { class: 'rounds', 'aria-labelledby': 'rounds-h', hidden: true },
+      h('h2', { id: 'rounds-h' }, 'Last rounds'),
+      table(`Last rounds of ${name}, newest first`, ['Round', 'Subscription', 'State', 'Agent', 'Deliveries', 'Result', 'Notes'], roundsBody));
     let can = NO_PERMISSIONS;
+    let timer = null;
+    let roundRobin = false;
+
+    function drawRounds(c, rounds, failure) {
+      if (!c.round_robin) {
+        fillIfChanged(rrBody, 'not', h('p', { class: 'muted' }, 'Not round robin: every subscribed agent runs it.'));
+        roundsSection.hidden = true;
+        return;
+      }
+      if (!rounds) {
+        fillIfChanged(rrBody, `error ${failure}`, h('p', { class: 'error' }, `Could not read the rounds: ${failure}`));
+        return;
+      }
+      const s = rounds.summary;
+      const spread = s.agents.map((a) => `${a.entity}: ${a.rounds}`);
+      fillIfChanged(rrBody, JSON.stringify(s),
+        h('p', {}, 'Each round runs on one agent of each subscription.'),
+        h('p', { class: 'rr-summary' }, s.text),
+        facts([
+          ['Completed', `${s.completed} of ${s.finished}`],
+          ['Missed', String(s.missed)],
+          ['In flight', String(s.in_flight)],
+          ['Ran twice', String(s.duplicated)],
+          ['Redelivered', String(s.redelivered)],
+          ['Spread', spread.length ? tags(spread) : null],
+        ]));
+      roundsSection.hidden = false;
+      syncRows(roundsBody, rounds.rounds, (r) => r.round, (r) => roundRow(ns, r));
+      if (!rounds.rounds.length) {
+        fill(roundsBody, h('tr', {}, h('td', { colspan: 7, class: 'empty' }, 'No rounds yet: the first one is recorded when it completes or is missed.')));
+      }
+    }
 
     async function refresh() {
-      const [{ data: c }, { data: results }] = await Promise.all([
+      const [{ data: c }, { data: results }, rounds] = await Promise.all([
         api('GET', core(ns, 'checks', name)),
         api('GET', '/dashboard/api/events', { query: { namespace: ns, check: name, limit: 100 } }),
+        api('GET', '/dashboard/api/rounds', { query: { namespace: ns, check: name } })
+          .then((r) => ({ data: r.data }), (err) => ({ error: err })),
       ]);
-      const byRecent = [...results.items].sort((a, b) => (b.executed || 0) - (a.executed || 0));
-      const missed = results.items.filter((e) => e.problem === 'missed_round' && e.status !== 0).length;
-      fillIfChanged(head, JSON.stringify([c, results, can]), 
+      if (rounds.error && rounds.error.status === 401) throw rounds.error;
+      // Built only when it changed: building it moves rrPanel and roundsSection into it.
+      const signature = JSON.stringify([c, results.total, can]);
+      if (head.dataset.sig !== signature) fillIfChanged(head, signature,
         h('p', { class: 'crumbs' }, h('a', { href: link(ns, ['checks']) }, 'Checks')),
         h('h1', {}, name),
         h('div', { class: 'actions' },
@@ -1376,15 +1456,11 @@
             ['Handlers', tags(c.handlers)],
             ['Proxy entity', c.proxy_entity_name || null],
           ])),
-          h('section', { class: 'panel' }, h('h2', {}, 'Round robin'), c.round_robin
-            ? [h('p', {}, 'Each round runs on one agent of each subscription.'), facts([
-              ['Last rounds', byRecent.length ? h('ol', {}, byRecent.slice(0, 5).map((e) => h('li', {},
-                when(e.executed), ` on ${e.processed_by || e.entity} `, badge(e.severity)))) : 'none yet'],
-              ['Missed rounds', String(missed)],
-              ['Redeliveries', h('span', { class: 'muted' }, 'not reported by this backend yet')],
-            ])]
-            : h('p', { class: 'muted' }, 'Not round robin: every subscribed agent runs it.'))),
+          rrPanel),
+        roundsSection,
         h('h2', {}, `Latest results (${results.total})`));
+      roundRobin = !!c.round_robin;
+      drawRounds(c, rounds.data, rounds.error && rounds.error.message);
       syncRows(tbody, results.items, eventKey, (e) => eventRow(ns, e, { agent: true }));
       document.body.dataset.rendered = 'check';
     }
@@ -1395,8 +1471,12 @@
         can = await permissions(ns);
         fill(main, head, element);
         await refresh();
+        timer = setInterval(() => { if (roundRobin) schedule(this); }, ROUNDS_REFRESH_MS);
       },
       refresh,
+      destroy() {
+        clearInterval(timer);
+      },
     };
   }
 

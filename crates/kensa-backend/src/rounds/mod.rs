@@ -260,6 +260,8 @@ struct InFlight {
     session: SessionId,
     agent: String,
     round: RoundRef,
+    /// The check period its round record is filed under.
+    period_ms: i64,
     deadline_ms: i64,
     last_progress_ms: i64,
 }
@@ -336,6 +338,18 @@ impl RoundRobin {
             self.shared.slots_freed.notify_waiters();
         }
         for flight in held {
+            if flight.delivery.attempt > 1 {
+                // For the dashboard's "last rounds": the completion recorded one delivery.
+                let store = self.shared.store.clone();
+                let (round, period_ms) = (flight.round.clone(), flight.period_ms);
+                let attempt = flight.delivery.attempt;
+                tokio::spawn(async move {
+                    let noted = record::note_deliveries(store.as_ref(), &round, period_ms, attempt);
+                    if let Err(err) = noted.await {
+                        tracing::debug!(round = %round.id, %err, "recording the round's deliveries failed");
+                    }
+                });
+            }
             spawn_ack(flight.delivery);
         }
     }
@@ -725,6 +739,7 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
         session,
         agent: handle.agent.clone(),
         round,
+        period_ms: header.budget.period_ms,
         deadline_ms: now + header.budget.in_flight_ms(),
         last_progress_ms: now,
     };

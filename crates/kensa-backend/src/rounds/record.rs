@@ -142,6 +142,16 @@ pub struct RoundRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub duplicates: Vec<Duplicate>,
     pub duplicate_count: u64,
+    /// The queue's delivery count when the round was settled: 1 when a completion is
+    /// recorded, raised by [`note_deliveries`] when the round had gone back to the queue first
+    /// (its agent left or ran out of time, no free agent could take it at once, a backend
+    /// died); 0 when unknown (missed rounds, records written before this field).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deliveries: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 pub const COMPLETED: &str = "completed";
@@ -346,6 +356,36 @@ pub async fn mark_missed(
     )))
 }
 
+/// Raises the delivery count recorded for `round` to `deliveries` (the attempt number of the
+/// delivery whose agent answered). Only redeliveries need it: the completion records one.
+pub async fn note_deliveries(
+    store: &dyn Store,
+    round: &RoundRef,
+    period_ms: i64,
+    deliveries: u32,
+) -> Result<(), StoreError> {
+    let key = round.slot_key(period_ms);
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(stored) = store.get(&key).await? else {
+            return Ok(());
+        };
+        let mut record = decode(&stored.value);
+        if record.round != round.id || record.deliveries >= deliveries {
+            return Ok(());
+        }
+        record.deliveries = deliveries;
+        let precondition = Precondition::Revision(stored.revision);
+        match write(store, &key, &record, false, precondition).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{key}: too much contention on the round record"
+    )))
+}
+
 /// Whether `round` was completed, from its slot.
 pub async fn is_completed(
     store: &dyn Store,
@@ -367,6 +407,7 @@ impl RoundRecord {
         self.status = result.status;
         self.executed = result.executed;
         self.recorded_at = result.now_ms;
+        self.deliveries = self.deliveries.max(1);
     }
 }
 
@@ -393,6 +434,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn round_ids_parse_back() {
@@ -633,5 +675,64 @@ mod tests {
             claim_with(&cache_b, &next, "b", "e5").await,
             Claim::Duplicate
         );
+    }
+
+    #[tokio::test]
+    async fn redeliveries_are_counted_on_the_completed_round_only() {
+        let store = store().await;
+        let round = RoundRef::parse("default/ping@1700000000000#zone").unwrap();
+        let read = || async {
+            decode(
+                &store
+                    .get(&round.slot_key(10_000))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .value,
+            )
+        };
+        // A record written before the field existed reads as "unknown".
+        let old = json!({"round": round.id, "state": COMPLETED, "tick": 1, "entity": "a",
+                         "status": 0, "executed": 1, "recorded_at": 1, "duplicate_count": 0});
+        assert_eq!(decode(&old).deliveries, 0);
+
+        claim(store.as_ref(), &round, 10_000, &result("a", "e1"))
+            .await
+            .unwrap();
+        assert_eq!(read().await.deliveries, 1, "a completion is one delivery");
+        note_deliveries(store.as_ref(), &round, 10_000, 3)
+            .await
+            .unwrap();
+        note_deliveries(store.as_ref(), &round, 10_000, 2)
+            .await
+            .unwrap();
+        assert_eq!(read().await.deliveries, 3, "the highest attempt stays");
+        // Another round of the same slot is left alone, and so is a slot never written.
+        let later = RoundRef::parse(&format!(
+            "default/ping@{}#zone",
+            1_700_000_000_000 + RING * 10_000
+        ))
+        .unwrap();
+        note_deliveries(store.as_ref(), &later, 10_000, 7)
+            .await
+            .unwrap();
+        assert_eq!(read().await.deliveries, 3);
+        let elsewhere = RoundRef::parse("default/ping@1700000000000#other").unwrap();
+        note_deliveries(store.as_ref(), &elsewhere, 10_000, 2)
+            .await
+            .unwrap();
+        assert!(store
+            .get(&elsewhere.slot_key(10_000))
+            .await
+            .unwrap()
+            .is_none());
+        // A missed round knows nothing of its deliveries.
+        let missed = RoundRef::parse("default/ping@1700000010000#zone").unwrap();
+        mark_missed(store.as_ref(), &missed, 10_000, 5)
+            .await
+            .unwrap();
+        let stored = store.get(&missed.slot_key(10_000)).await.unwrap().unwrap();
+        assert_eq!(decode(&stored.value).deliveries, 0);
+        assert!(stored.value.get("deliveries").is_none());
     }
 }

@@ -72,7 +72,7 @@ pub fn authorize(
     )))
 }
 
-fn require_namespace(state: &AppState, namespace: &str) -> ApiResult<()> {
+pub(super) fn require_namespace(state: &AppState, namespace: &str) -> ApiResult<()> {
     if namespace.is_empty() {
         return Err(ApiError::bad_request("namespace: must be given"));
     }
@@ -124,7 +124,7 @@ pub async fn server_timing(request: Request, next: Next) -> Response {
     response
 }
 
-fn respond(result: ApiResult<Value>) -> Response {
+pub(super) fn respond(result: ApiResult<Value>) -> Response {
     match result {
         Ok(body) => {
             let mut response = Json(body).into_response();

@@ -5,8 +5,9 @@
 //! Beyond core/v2 the page needs answers the store cannot give cheaply — counts by state and
 //! events sorted by severity over tens of thousands of events — so `index` keeps a compact
 //! in-memory index following the change feed, `handlers` serves it as JSON under
-//! `/dashboard/api/` (authorized like the equivalent core/v2 listing), and `stream` tells open
-//! pages when to re-read (Server-Sent Events). `assets` serves the page itself
+//! `/dashboard/api/` (authorized like the equivalent core/v2 listing), `rounds` a round-robin
+//! check's last rounds from its round records, and `stream` tells open pages when to re-read
+//! (Server-Sent Events). `assets` serves the page itself
 //! (`crates/kensa-backend/web/`). Start reading at [`router_until`].
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub mod assets;
 pub mod handlers;
 pub mod index;
 mod pruned;
+pub mod rounds;
 pub mod stream;
 
 use assets::Assets;
@@ -66,13 +68,14 @@ pub fn router_until(state: AppState, shutdown: CancellationToken) -> Router {
         .route("/dashboard/api/event", get(handlers::event))
         .route("/dashboard/api/entities", get(handlers::entities))
         .route("/dashboard/api/permissions", get(handlers::permissions))
+        .route("/dashboard/api/rounds", get(rounds::rounds))
         .layer(axum::middleware::from_fn(handlers::server_timing))
         .route("/dashboard/api/stream", get(stream::stream))
         .with_state(dashboard);
     let page = Router::new()
         .route("/", get(assets::serve_index))
         .route("/assets/{name}", get(assets::serve_file))
-        .with_state(Arc::new(Assets::new()));
+        .with_state(Assets::shared());
     Router::new()
         .merge(page)
         .merge(json)
