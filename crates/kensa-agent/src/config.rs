@@ -172,6 +172,11 @@ pub struct StartArgs {
     /// Seconds without any traffic from the backend before reconnecting (default 45).
     #[arg(long, env = "KENSA_AGENT_BACKEND_HEARTBEAT_TIMEOUT")]
     pub backend_heartbeat_timeout: Option<u32>,
+    /// End a session after at most this long (a random time between half of it and all of it)
+    /// and reconnect, so agents spread again over backends that came back, e.g. `1h`
+    /// (default 0: never).
+    #[arg(long, env = "KENSA_AGENT_MAX_SESSION_LENGTH")]
+    pub max_session_length: Option<String>,
     /// Checks run at once; more wait in a bounded queue (default 32).
     #[arg(long, env = "KENSA_AGENT_MAX_CONCURRENT_CHECKS")]
     pub max_concurrent_checks: Option<usize>,
@@ -250,6 +255,7 @@ struct FileConfig {
     backend_handshake_timeout: Option<u32>,
     backend_heartbeat_interval: Option<u32>,
     backend_heartbeat_timeout: Option<u32>,
+    max_session_length: Option<DurationValue>,
     max_concurrent_checks: Option<usize>,
     log_level: Option<String>,
 }
@@ -327,6 +333,8 @@ pub struct AgentConfig {
     pub handshake_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// `max-session-length`: `None` keeps a session for as long as it works.
+    pub max_session_length: Option<Duration>,
     pub max_concurrent_checks: usize,
     pub log_level: String,
 }
@@ -589,6 +597,14 @@ impl StartArgs {
             return Err(invalid("retry-multiplier", "must be at least 1.0"));
         }
 
+        let max_session_length = duration(
+            "max-session-length",
+            self.max_session_length.as_deref(),
+            file.max_session_length.as_ref(),
+            Duration::ZERO,
+        )?;
+        let max_session_length = (!max_session_length.is_zero()).then_some(max_session_length);
+
         let heartbeat_interval = pick!(backend_heartbeat_interval, 30);
         let heartbeat_timeout = pick!(backend_heartbeat_timeout, 45);
         if heartbeat_interval == 0 {
@@ -709,6 +725,7 @@ impl StartArgs {
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
             heartbeat_interval: Duration::from_secs(heartbeat_interval.into()),
             heartbeat_timeout: Duration::from_secs(heartbeat_timeout.into()),
+            max_session_length,
             max_concurrent_checks,
             log_level,
         })
@@ -772,6 +789,7 @@ mod tests {
         );
         assert_eq!(config.heartbeat_interval, Duration::from_secs(30));
         assert_eq!(config.heartbeat_timeout, Duration::from_secs(45));
+        assert_eq!(config.max_session_length, None, "sessions last by default");
         assert_eq!(config.statsd_flush_interval, Duration::from_secs(10));
         assert!(!config.name.is_empty());
         assert!(!config.disable_assets);
@@ -858,6 +876,7 @@ mod tests {
             (&["--retry-min", "1 fortnight"], "retry-min:"),
             (&["--retry-min", "10s", "--retry-max", "1s"], "retry-max:"),
             (&["--retry-multiplier", "0.5"], "retry-multiplier:"),
+            (&["--max-session-length", "soon"], "max-session-length:"),
             (
                 &["--backend-heartbeat-timeout", "10"],
                 "backend-heartbeat-timeout:",

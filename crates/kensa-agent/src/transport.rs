@@ -27,6 +27,11 @@
 //!   at once and every `keepalive-interval`, pings every `backend-heartbeat-interval`, and ends
 //!   the session when nothing was received for `backend-heartbeat-timeout`.
 //!
+//! **`max-session-length`**: when set, a session ends after a random time between half of it
+//! and all of it (Sensu's rule), with a close frame, and the agent reconnects at once to the
+//! next backend URL (or through the load balancer): agents spread again over backends that
+//! came back, without an operator reloading anything.
+//!
 //! Frames above [`kensa_proto::MAX_FRAME_BYTES`] are refused by the WebSocket layer itself,
 //! which ends the session with a logged reason.
 
@@ -250,6 +255,7 @@ struct Settings {
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
     keepalive_interval: Duration,
+    max_session_length: Option<Duration>,
 }
 
 /// Keeps the agent connected to one of its backends until shutdown.
@@ -267,6 +273,8 @@ pub struct ConnectionManager {
 /// How a session ended.
 enum SessionEnd {
     Shutdown,
+    /// `max-session-length` ran out: close, reconnect at once (perhaps elsewhere).
+    Rotate,
     /// `established`: the backend got as far as serving the session (see the module docs).
     Lost {
         established: bool,
@@ -291,6 +299,7 @@ impl ConnectionManager {
                 heartbeat_interval: config.heartbeat_interval,
                 heartbeat_timeout: config.heartbeat_timeout,
                 keepalive_interval: Duration::from_secs(config.keepalive_interval.into()),
+                max_session_length: config.max_session_length,
             },
             selector: BackendSelector::new(config.backend_urls.clone(), &mut rand::thread_rng()),
             tls: tls_config(config)?,
@@ -319,6 +328,11 @@ impl ConnectionManager {
                     };
                     match session.run(socket).await {
                         SessionEnd::Shutdown => return,
+                        SessionEnd::Rotate => {
+                            tracing::info!(backend = %url, "max-session-length reached; reconnecting");
+                            backoff.reset();
+                            continue;
+                        }
                         SessionEnd::Lost {
                             established,
                             reason,
@@ -489,10 +503,14 @@ impl Session<'_> {
                 &last_traffic,
             )
             .await;
-        if matches!(end, SessionEnd::Shutdown) {
+        if matches!(end, SessionEnd::Shutdown | SessionEnd::Rotate) {
+            // What is unacknowledged stays in the outbox and goes out on the next session.
             let close = Message::Close(Some(CloseFrame {
                 code: CloseCode::Away,
-                reason: "bye".into(),
+                reason: match end {
+                    SessionEnd::Rotate => "max-session-length".into(),
+                    _ => "bye".into(),
+                },
             }));
             if priority_tx.try_send(close).is_ok() {
                 drop(priority_tx);
@@ -542,6 +560,12 @@ impl Session<'_> {
             start + settings.heartbeat_interval,
             settings.heartbeat_interval,
         );
+        // Like Sensu: a random length between half the maximum and the maximum, so that agents
+        // connected at the same moment do not all reconnect at the same moment.
+        let session_ends = settings.max_session_length.map(|max| {
+            let fraction = 0.5 + rand::thread_rng().gen::<f64>() * 0.5;
+            start + max.mul_f64(fraction)
+        });
         loop {
             let deadline =
                 *last_traffic.lock().expect("traffic lock poisoned") + settings.heartbeat_timeout;
@@ -558,6 +582,7 @@ impl Session<'_> {
                 _ = pings.tick() => {
                     send_priority(priority, Message::Ping(Default::default()), "ping");
                 }
+                _ = sleep_until_some(session_ends) => return SessionEnd::Rotate,
                 _ = tokio::time::sleep_until(deadline) => {
                     let last = *last_traffic.lock().expect("traffic lock poisoned");
                     if last.elapsed() >= settings.heartbeat_timeout {
@@ -569,6 +594,14 @@ impl Session<'_> {
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

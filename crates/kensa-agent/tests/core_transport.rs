@@ -233,3 +233,36 @@ async fn a_silent_backend_is_left_after_the_heartbeat_timeout() {
     assert_eq!(session.next_keepalive().await.sequence, 1, "a new session");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_ends_within_max_session_length_and_the_agent_moves_to_the_next_backend() {
+    let mut first = FakeBackend::start().await;
+    let mut second = FakeBackend::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = agent_args(&[&first.url, &second.url], cache.path());
+    args.keepalive_interval = Some(1);
+    args.max_session_length = Some("2s".into());
+    let agent = TestAgent::start(args.resolve().unwrap()).await;
+
+    let (mut session, on_first) = tokio::select! {
+        session = first.accept_ready() => (session, true),
+        session = second.accept_ready() => (session, false),
+    };
+    let started = std::time::Instant::now();
+    // Keepalives flow until the agent closes the session, between 1 s and 2 s in.
+    while session.next().await.is_some() {}
+    let lasted = started.elapsed();
+    assert!(
+        lasted >= std::time::Duration::from_millis(900)
+            && lasted <= std::time::Duration::from_secs(4),
+        "the session lasted {lasted:?}, not within max-session-length (2 s, at least half)"
+    );
+    // The agent reconnects at once, to the next backend in its rotation.
+    let mut next = if on_first {
+        second.accept_ready().await
+    } else {
+        first.accept_ready().await
+    };
+    assert_eq!(next.next_keepalive().await.sequence, 1, "a new session");
+    agent.stop().await;
+}
