@@ -220,7 +220,8 @@ async fn liveness_survives_a_backend_restart_without_false_alerts() {
         .await
         .unwrap();
     let started = Instant::now();
-    let client = admin(&server).await;
+    // The healthy agent reconnects at once (before the test's own login, whose password
+    // hashing can take a while on a busy machine): well within the warning timeout.
     let mut healthy = FakeAgent::connect(&server.agent_url, "healthy", &["linux"]).await;
     let keep_alive = tokio::spawn(async move {
         loop {
@@ -228,6 +229,7 @@ async fn liveness_survives_a_backend_restart_without_false_alerts() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+    let client = admin(&server).await;
     let (_, alerted_at) = poll_until(
         &client,
         "namespaces/default/events/dying/keepalive",

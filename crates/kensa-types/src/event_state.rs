@@ -34,13 +34,20 @@ pub fn total_state_change(statuses: &[u64]) -> u32 {
 /// Merges a new check result into the state carried by `previous` (the stored event's check,
 /// if any) and returns the check with history, total_state_change, state, occurrences,
 /// occurrences_watermark and last_ok set. The fields the client sent for these are ignored.
-pub fn merge_check(previous: Option<&Value>, mut check: Value) -> Value {
+pub fn merge_check(mut previous: Option<Value>, mut check: Value) -> Value {
     let status = check["status"].as_u64().unwrap_or(0);
     let executed = check["executed"].as_i64().unwrap_or(0);
 
-    let mut history: Vec<Value> = previous
-        .and_then(|p| p["history"].as_array().cloned())
-        .unwrap_or_default();
+    // The previous state is consumed: its history moves into the new one, nothing is copied.
+    let mut history: Vec<Value> = match previous
+        .as_mut()
+        .and_then(|p| p.get_mut("history"))
+        .map(Value::take)
+    {
+        Some(Value::Array(history)) => history,
+        _ => Vec::new(),
+    };
+    let previous = previous.as_ref();
     history.push(json!({"status": status, "executed": executed}));
     if history.len() > HISTORY_LEN {
         history.drain(..history.len() - HISTORY_LEN);
@@ -116,7 +123,7 @@ mod tests {
         let mut out = Vec::new();
         for (i, status) in statuses.iter().enumerate() {
             let check = json!({"status": status, "executed": 1000 + i as i64, "low_flap_threshold": low, "high_flap_threshold": high});
-            let merged = merge_check(previous.as_ref(), check);
+            let merged = merge_check(previous.clone(), check);
             previous = Some(merged.clone());
             out.push(merged);
         }

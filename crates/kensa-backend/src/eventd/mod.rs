@@ -562,7 +562,7 @@ impl Shard {
                     }
                 };
                 let check = event["check"].take();
-                event["check"] = kensa_types::event_state::merge_check(previous.as_ref(), check);
+                event["check"] = kensa_types::event_state::merge_check(previous, check);
                 self.cache
                     .lock()
                     .expect("shard cache poisoned")
@@ -650,22 +650,23 @@ impl Shard {
     }
 
     /// The previous check state of `key`: from memory when it was remembered under the
-    /// current `generation`, else from the store.
+    /// current `generation`, else from the store. Taken out of memory (not copied): the
+    /// caller puts the merged state back.
     async fn previous(
         &self,
         cache_key: &(String, String),
         generation: u64,
         key: &Key,
     ) -> kensa_store::Result<Option<Value>> {
-        if let Some((remembered, previous)) = self
+        let remembered = self
             .cache
             .lock()
             .expect("shard cache poisoned")
             .previous
-            .get(cache_key)
-        {
-            if *remembered == generation {
-                return Ok(Some(previous.clone()));
+            .remove(cache_key);
+        if let Some((remembered, previous)) = remembered {
+            if remembered == generation {
+                return Ok(Some(previous));
             }
         }
         Ok(self
@@ -692,8 +693,7 @@ impl Shard {
             }
             let current = self.deps.store.get(key).await?;
             let previous = current.as_ref().map(|c| state_of(&c.value["check"]));
-            event["check"] =
-                kensa_types::event_state::merge_check(previous.as_ref(), check.clone());
+            event["check"] = kensa_types::event_state::merge_check(previous, check.clone());
             let stored = into_stored(event.clone());
             let written = match &current {
                 Some(current) => {
