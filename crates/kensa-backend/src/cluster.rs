@@ -11,9 +11,13 @@
 //! A member that stops gracefully deletes its record, so the others take over at once; a dead
 //! member's record is deleted [`FORGET_AFTER`] after its last heartbeat.
 //!
-//! The store connection is **lost** when no heartbeat write succeeded for
-//! [`STORE_LOST_AFTER`]: `/health` then reports the backend unhealthy, and agent sessions are
-//! shed until the store is back (see `server.rs`).
+//! The store connection is **lost** when heartbeat writes fail with errors for
+//! [`STORE_LOST_AFTER`], or make no progress at all (time out) for [`STORE_LOST_WHEN_HUNG`]:
+//! `/health` then reports the backend unhealthy, and agent sessions are shed until the store is
+//! back (see `server.rs`). A store that is merely slow — a backend under heavy load — is not
+//! lost: shedding thousands of agents because writes queue behind event batches would turn load
+//! into a reconnect storm. An embedded store ([`StoreLink::Embedded`]) is never lost: it is
+//! part of the process, and shedding would not help.
 //!
 //! What membership is for: keepalive ownership (`keepalived.rs` takes over the agents of dead
 //! members) and `/health`. There is no leader and no consensus: exclusive decisions (who takes
@@ -42,6 +46,28 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 /// [`DEAD_AFTER`]: by the time the others consider this backend dead it has stopped serving
 /// agents, so they reconnect elsewhere within the grace the others give them.
 pub const STORE_LOST_AFTER: Duration = DEAD_AFTER;
+
+/// With heartbeat writes timing out (no error, no progress) for this long, the store is lost.
+pub const STORE_LOST_WHEN_HUNG: Duration = Duration::from_secs(15);
+
+/// How this backend reaches its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreLink {
+    /// In the process (SQLite): never "lost".
+    Embedded,
+    /// Over the network, shared with other backends (PostgreSQL).
+    Network,
+}
+
+/// Whether the store counts as reachable, `silent` after the last successful heartbeat write
+/// (see the module comment).
+fn store_reachable(link: StoreLink, last_write_error: bool, silent: Duration) -> bool {
+    match link {
+        StoreLink::Embedded => true,
+        StoreLink::Network if last_write_error => silent < STORE_LOST_AFTER,
+        StoreLink::Network => silent < STORE_LOST_WHEN_HUNG,
+    }
+}
 
 /// The record of a member dead for this long is deleted.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -127,7 +153,8 @@ pub struct Member {
 pub struct ClusterState {
     /// Every member this backend sees, itself included, by name.
     pub members: Vec<Member>,
-    /// Whether a heartbeat write succeeded within [`STORE_LOST_AFTER`].
+    /// Whether the store counts as reachable (see the module comment: errors for
+    /// [`STORE_LOST_AFTER`] or no progress for [`STORE_LOST_WHEN_HUNG`] lose it).
     pub store_reachable: bool,
     /// The last store error of the membership loop ("" when the last round succeeded).
     pub store_err: String,
@@ -164,6 +191,7 @@ impl Membership {
     pub async fn start(
         identity: Identity,
         store: Arc<dyn Store>,
+        link: StoreLink,
         shutdown: CancellationToken,
     ) -> kensa_store::Result<(Arc<Membership>, tokio::task::JoinHandle<()>)> {
         let membership = Arc::new(Membership {
@@ -174,7 +202,9 @@ impl Membership {
             membership: membership.clone(),
             store,
             observed: HashMap::new(),
+            link,
             last_write_ok: Instant::now(),
+            last_write_error: false,
             last_list: None,
             members: Vec::new(),
             rounds: 0,
@@ -250,7 +280,10 @@ struct Service {
     store: Arc<dyn Store>,
     /// Per member id, what the listings showed.
     observed: HashMap<String, Observation>,
+    link: StoreLink,
     last_write_ok: Instant,
+    /// The last heartbeat write failed with an error (not a timeout).
+    last_write_error: bool,
     /// When the last successful listing was made: "dead" is measured up to it, never up to
     /// now, so an unreachable store freezes the verdicts instead of killing everybody.
     last_list: Option<Instant>,
@@ -309,12 +342,19 @@ impl Service {
         match tokio::time::timeout(STORE_CALL_TIMEOUT, write).await {
             Ok(Ok(_)) => {
                 self.last_write_ok = Instant::now();
+                self.last_write_error = false;
                 Ok(())
             }
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(kensa_store::StoreError::Unavailable(
-                "heartbeat write timed out".into(),
-            )),
+            Ok(Err(err)) => {
+                self.last_write_error = true;
+                Err(err)
+            }
+            Err(_) => {
+                self.last_write_error = false;
+                Err(kensa_store::StoreError::Unavailable(
+                    "heartbeat write timed out".into(),
+                ))
+            }
         }
     }
 
@@ -378,7 +418,8 @@ impl Service {
     fn publish(&mut self, store_err: String) {
         self.rounds += 1;
         let me = self.membership.id();
-        let store_reachable = self.last_write_ok.elapsed() < STORE_LOST_AFTER;
+        let silent = self.last_write_ok.elapsed();
+        let store_reachable = store_reachable(self.link, self.last_write_error, silent);
         let last_list = self.last_list.unwrap_or_else(Instant::now);
         let mut members: Vec<Member> = self
             .members
@@ -430,7 +471,7 @@ impl Service {
             }
         }
         if previous.store_reachable && !store_reachable && previous.rounds > 0 {
-            tracing::error!(err = %store_err, "lost the store: no heartbeat written for {STORE_LOST_AFTER:?}");
+            tracing::error!(err = %store_err, "lost the store: no heartbeat written for {silent:?}");
         } else if !previous.store_reachable && store_reachable && previous.rounds > 0 {
             tracing::info!("the store is reachable again");
         }
@@ -497,6 +538,19 @@ mod tests {
         assert_eq!(numeric_id("not a uuid"), 0);
     }
 
+    #[test]
+    fn only_failing_or_hung_writes_to_a_shared_store_lose_it_never_slow_ones() {
+        let secs = Duration::from_secs;
+        // Writes that fail (connection refused, reset): lost after STORE_LOST_AFTER.
+        assert!(store_reachable(StoreLink::Network, true, secs(2)));
+        assert!(!store_reachable(StoreLink::Network, true, secs(3)));
+        // Writes that time out under load: still reachable, unless nothing moves for 15 s.
+        assert!(store_reachable(StoreLink::Network, false, secs(10)));
+        assert!(!store_reachable(StoreLink::Network, false, secs(15)));
+        // The embedded store is part of the process.
+        assert!(store_reachable(StoreLink::Embedded, true, secs(3600)));
+    }
+
     #[tokio::test]
     async fn members_see_each_other_and_a_silent_one_dies() {
         let dir = tempfile::tempdir().unwrap();
@@ -507,14 +561,23 @@ mod tests {
         );
         let shutdown = CancellationToken::new();
         let identity = |name: &str| Identity::new(name.into(), String::new(), String::new());
-        let (first, first_task) = Membership::start(identity("a"), store.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let (first, first_task) = Membership::start(
+            identity("a"),
+            store.clone(),
+            StoreLink::Network,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let second_shutdown = CancellationToken::new();
-        let (second, second_task) =
-            Membership::start(identity("b"), store.clone(), second_shutdown.clone())
-                .await
-                .unwrap();
+        let (second, second_task) = Membership::start(
+            identity("b"),
+            store.clone(),
+            StoreLink::Network,
+            second_shutdown.clone(),
+        )
+        .await
+        .unwrap();
         // A record left behind by a member that died long ago is dead at first sight; one
         // that stops heartbeating now dies after DEAD_AFTER.
         let ghost = Uuid::new_v4().to_string();

@@ -836,6 +836,7 @@ mod tests {
             crate::cluster::Membership::start(
                 crate::cluster::Identity::new(name.into(), String::new(), String::new()),
                 store.clone(),
+                crate::cluster::StoreLink::Network,
                 shutdown.clone(),
             )
         };

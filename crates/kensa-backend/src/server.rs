@@ -107,6 +107,10 @@ pub async fn run(
             listeners.agent.local_addr()?,
         ),
         store.clone(),
+        match config.store {
+            StoreLocation::Sqlite(_) => cluster::StoreLink::Embedded,
+            StoreLocation::Postgres(_) => cluster::StoreLink::Network,
+        },
         shutdown.child_token(),
     )
     .await
