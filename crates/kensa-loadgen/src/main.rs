@@ -8,17 +8,24 @@
 //! - `api`: seed entities and events through the REST API, then time paged listings and
 //!   single-resource reads (`api.rs`);
 //! - `agents`: simulated agents on the agent protocol, measuring events acknowledged (stored)
-//!   and handled per second (`agents.rs`, with `frames.rs` and the handler `sink.rs`);
+//!   and handled per second, connect and reconnect storms and the backends' memory over time
+//!   (`agents.rs`, with `frames.rs`, the handler sinks `sink.rs` and `alerts.rs`, source
+//!   addresses `sources.rs`, `fdlimit.rs`, `storm.rs` and `series.rs`);
 //! - `agent-rss`: the RSS and CPU of one real agent, idle and running checks (`agent_rss.rs`).
 
 mod agent_rss;
 mod agents;
+mod alerts;
 mod api;
 mod client;
+mod fdlimit;
 mod frames;
 mod procfs;
+mod series;
 mod sink;
+mod sources;
 mod stats;
+mod storm;
 
 use std::path::PathBuf;
 

@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::stats::{round1, round3};
 
 /// Clock ticks per second of `/proc` CPU times.
-const USER_HZ: f64 = 100.0;
+pub(crate) const USER_HZ: f64 = 100.0;
 
 /// Watches one process until [`ProcessMonitor::finish`].
 pub struct ProcessMonitor {
@@ -257,7 +257,7 @@ pub fn status_fields(pid: u32, fields: &[&str]) -> Value {
 }
 
 /// One `Vm*:` line of `/proc/<pid>/status`, in KiB.
-fn read_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn read_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_status_kib(&status, field).with_context(|| format!("{path}: {field}"))
@@ -276,7 +276,7 @@ fn parse_status_kib(status: &str, field: &str) -> anyhow::Result<u64> {
 }
 
 /// utime + stime of a `/proc/<pid>/stat`, in ticks.
-fn read_process_ticks(path: &str) -> anyhow::Result<u64> {
+pub(crate) fn read_process_ticks(path: &str) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     parse_process_ticks(&stat).with_context(|| format!("{path}: utime/stime"))
 }

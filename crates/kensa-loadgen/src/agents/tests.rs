@@ -202,3 +202,222 @@ async fn refused_handshakes_are_reported() {
     assert!(err.contains("401"), "{err}");
     server.shutdown().await;
 }
+
+#[test]
+fn each_agent_has_its_own_order_of_backends() {
+    for (urls, first) in [(3, false), (3, true), (1, false), (1, true), (5, true)] {
+        let orders: Vec<Vec<usize>> = (0..60).map(|i| url_order(i, urls, first)).collect();
+        for order in &orders {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                (0..urls).collect::<Vec<_>>(),
+                "a permutation: {order:?}"
+            );
+            if first {
+                assert_eq!(order[0], 0, "{order:?}");
+            }
+        }
+        assert_eq!(url_order(7, urls, first), orders[7], "fixed per agent");
+        if urls > 1 {
+            // Agents spread: every backend comes first (or, with `first`, second) for some.
+            let at = usize::from(first);
+            for url in at..urls {
+                assert!(
+                    orders.iter().any(|o| o[at] == url),
+                    "{urls} urls, first={first}: nobody has {url} at {at}"
+                );
+            }
+        }
+    }
+}
+
+/// A TCP proxy to `target`; aborting the returned task closes every connection through it
+/// and the listener, as a killed backend process would.
+async fn proxy(target: &str) -> (String, tokio::task::JoinHandle<()>) {
+    let target = crate::sources::resolve(target).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            connections.spawn(async move {
+                let mut outbound = TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_move_to_another_backend_when_theirs_goes_away() {
+    let first = TestServer::start().await.unwrap();
+    let second = TestServer::start().await.unwrap();
+    // The first backend is reached through a proxy: an in-process server's sessions outlive its
+    // shutdown, a killed process's do not.
+    let (first_url, first_proxy) = proxy(&first.agent_url).await;
+    let urls = format!("{first_url},{}", second.agent_url);
+    let args = args(
+        &urls,
+        &[
+            "--start-on-first-url",
+            "--agents",
+            "4",
+            "--checks",
+            "2",
+            "--rate",
+            "40",
+            "--duration",
+            "8",
+            "--warmup",
+            "0.5",
+            "--drain",
+            "20",
+            "--retry-min",
+            "0.1",
+            "--retry-max",
+            "0.5",
+        ],
+    );
+    let run = tokio::spawn(run(args));
+    // Once the four are connected (their keepalives are stored), sending starts at once.
+    let client = ApiClient::new(&first.url, "admin", "P@ssw0rd!", 2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let exchange = client
+            .send(Method::GET, "/api/core/v2/namespaces/default/events", None)
+            .await
+            .unwrap();
+        let events: Vec<Value> = serde_json::from_slice(&exchange.body).unwrap();
+        let keepalives = events
+            .iter()
+            .filter(|e| e["check"]["metadata"]["name"] == "keepalive")
+            .count();
+        if keepalives == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not connect: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first_proxy.abort();
+    let report = run.await.unwrap().unwrap();
+
+    assert_eq!(report["handshakes"]["succeeded"], 4, "{report}");
+    let reconnects = &report["reconnects"];
+    let storms = reconnects["storms"].as_array().unwrap();
+    assert_eq!(storms.len(), 1, "{reconnects}");
+    let storm = &storms[0];
+    assert_eq!(storm["disconnects"], 4, "{storm}");
+    assert_eq!(storm["disconnects_by_url"], json!([4, 0]), "{storm}");
+    assert_eq!(storm["reconnects_by_url"], json!([0, 4]), "{storm}");
+    assert!(
+        storm["all_connected_again_after_s"].as_f64().is_some(),
+        "{storm}"
+    );
+    assert_eq!(reconnects["downtime"]["count"], 4, "{reconnects}");
+    let totals = &report["totals"];
+    assert_eq!(totals["sessions_ended_early"], 4, "{totals}");
+    // Everything sent was stored by one backend or the other in the end.
+    assert_eq!(totals["unacked_at_end"], 0, "{totals}");
+    assert!(totals["acked"].as_u64().unwrap() > 0, "{totals}");
+    // The timeline shows every agent on the second backend once they moved (on a busy machine
+    // that may be only in the last seconds of the run, so any second counts).
+    let timeline = report["timeline"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|second| second["connected_by_url"] == json!([0, 4])),
+        "{timeline:?}"
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_scheduled_checks_are_stored_and_timed() {
+    let server = TestServer::start().await.unwrap();
+    let client = ApiClient::new(&server.url, "admin", "P@ssw0rd!", 2).unwrap();
+    let check = json!({
+        "metadata": {"name": "scale-00", "namespace": "default"},
+        "command": "true",
+        "interval": 1,
+        "publish": true,
+        "subscriptions": ["loadgen-group-00"],
+    });
+    let path = "/api/core/v2/namespaces/default/checks/scale-00";
+    let exchange = client.send(Method::PUT, path, Some(&check)).await.unwrap();
+    assert!(
+        exchange.status.is_success(),
+        "PUT {path}: {}",
+        exchange.status
+    );
+    let args = args(
+        &server.agent_url,
+        &[
+            "--agents",
+            "4",
+            "--checks",
+            "0",
+            "--answer-requests",
+            "--subscription-groups",
+            "2",
+            "--status-mix",
+            "0:1,2:1",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+            "--backend-pid",
+            &std::process::id().to_string(),
+            "--series-interval",
+            "0.5",
+        ],
+    );
+    let report = run(args).await.unwrap();
+    let totals = &report["totals"];
+    // Agents 0 and 2 are in group 00 (the one with a check): one request per second each.
+    assert!(
+        totals["check_requests_answered"].as_u64().unwrap() >= 4,
+        "{totals}"
+    );
+    assert_eq!(totals["acked"], totals["sent"], "{totals}");
+    let dispatch = &report["measure"]["dispatch_latency_ms"];
+    assert!(dispatch["count"].as_u64().unwrap() >= 2, "{dispatch}");
+    assert_eq!(report["sources"]["spread"], true, "{}", report["sources"]);
+    let series = &report["series"]["processes"][0];
+    assert!(series["samples"].as_array().unwrap().len() >= 4, "{series}");
+    assert!(series["measure"]["rss_trend_mib"].is_object(), "{series}");
+
+    for (entity, stored) in [("loadgen-0000", true), ("loadgen-0001", false)] {
+        let path = format!("/api/core/v2/namespaces/default/events/{entity}/scale-00");
+        let exchange = client.send(Method::GET, &path, None).await.unwrap();
+        assert_eq!(
+            exchange.status.is_success(),
+            stored,
+            "GET {path}: {}",
+            exchange.status
+        );
+        if stored {
+            let event: Value = serde_json::from_slice(&exchange.body).unwrap();
+            assert!(event["check"]["round"]
+                .as_str()
+                .unwrap()
+                .starts_with("default/scale-00@"));
+            let statuses: Vec<&Value> = event["check"]["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| &h["status"])
+                .collect();
+            assert!(statuses.len() >= 2, "{event}");
+        }
+    }
+    server.shutdown().await;
+}
