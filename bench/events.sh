@@ -23,7 +23,8 @@
 # PERF_CALL_GRAPH (perf's --call-graph mode, default fp; release builds have no frame pointers,
 # so `dwarf` gives the real call chains at a higher recording cost), BACKEND_LD_PRELOAD (e.g.
 # /usr/lib/x86_64-linux-gnu/libjemalloc.so.2, to compare allocators without rebuilding; use a
-# RESULTS_TAG with it), SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
+# RESULTS_TAG with it), BACKEND_BIN / LOADGEN_BIN (other binaries than the release builds, to
+# compare two builds), SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -111,7 +112,7 @@ run_store() {
 
     log "$store: starting kensa-backend (api :$api_port, agents :$agent_port; log: $STATE_DIR/backend.log)"
     env ${BACKEND_LD_PRELOAD:+LD_PRELOAD="$BACKEND_LD_PRELOAD"} \
-        "$TARGET_DIR/release/kensa-backend" start \
+        "${BACKEND_BIN:-$TARGET_DIR/release/kensa-backend}" start \
         --state-dir "$STATE_DIR" \
         --api-listen-address "127.0.0.1:$api_port" \
         --agent-host 127.0.0.1 --agent-port "$agent_port" \
@@ -147,7 +148,7 @@ run_store() {
 
     local out="$RESULTS/events-$store$RESULTS_TAG.json"
     local status=0
-    KENSA_LOADGEN_AGENT_PASSWORD="$ADMIN_PASSWORD" "$TARGET_DIR/release/kensa-loadgen" agents \
+    KENSA_LOADGEN_AGENT_PASSWORD="$ADMIN_PASSWORD" "${LOADGEN_BIN:-$TARGET_DIR/release/kensa-loadgen}" agents \
         --agent-url "ws://127.0.0.1:$agent_port" \
         --agents "$AGENTS" --checks "$CHECKS" \
         --rate "$RATE" --window "$WINDOW" \

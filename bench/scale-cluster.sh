@@ -9,12 +9,12 @@
 # - `storm`: every agent starts on backend 0 (their fail-over orders still differ;
 #   STORM_PLACEMENT=spread spreads them over the three instead, so backend 0 holds a third and
 #   the survivors already hold agents); KILL_AFTER seconds into the measurement the script
-#   kills backend 0 with SIGKILL. Measured: time until
-#   every agent is connected to backend 1 or 2 (target < 10 s), keepalive alerts received by
-#   the `keepalive` handler (every agent stays alive, so each one is false; target 0) and,
-#   after the run, keepalive events with a failure in their history (read through backend 1's
-#   API). The run goes on for long enough after the kill for a missed keepalive deadline to
-#   fire (DURATION defaults to KILL_AFTER + KEEPALIVE_WARNING_TIMEOUT + 60). Result:
+#   kills backend 0 with SIGKILL. Measured: time until every agent is connected to backend 1
+#   or 2 (target < 10 s), keepalive alerts received by the `keepalive` handler (every agent
+#   stays alive, so each one is false; target 0) and, after the run, keepalive events with a
+#   failure in their history (read through backend 1's API). The run goes on long enough
+#   after the kill for a missed keepalive deadline to fire (STORM_DURATION defaults to WARMUP +
+#   KILL_AFTER + KEEPALIVE_WARNING_TIMEOUT + 60). Result:
 #   bench/results/scale-storm<RESULTS_TAG>.json.
 #
 # The database is a fresh one (`kensa_bench_scale_<pid>` on PG_URL), dropped at the end; the
@@ -23,13 +23,13 @@
 # creates is removed on exit, also on failure or Ctrl-C.
 #
 # Knobs (environment): SCENARIOS="steady storm", KILL_AFTER=60, STORM_PLACEMENT=first,
-# STORM_DURATION, PG_URL=postgres://postgres@
-# 127.0.0.1:5432 (trust auth), NATS_SERVER (default nats-server from PATH), and those of
-# bench/scale-lib.sh (AGENTS=10000, CHECK_GROUPS=20, CHECK_INTERVAL=2, DURATION=600 for steady,
-# WARMUP=30, DRAIN=20, STATUS_MIX=0:1, CONNECT_CONCURRENCY, CONNECT_TIMEOUT=300, PRIME_AUTH,
-# KEEPALIVE_INTERVAL=20, KEEPALIVE_WARNING_TIMEOUT=120, RESULTS_TAG, PERF_OUT/PERF_SECONDS:
-# perf on backend 0 during `steady`), LOG_DIR (keep every log in LOG_DIR/<scenario>),
-# SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
+# STORM_DURATION, PG_URL=postgres://postgres@127.0.0.1:5432 (trust auth), NATS_SERVER (default
+# nats-server from PATH), and those of bench/scale-lib.sh (AGENTS=10000, CHECK_GROUPS=20,
+# CHECK_INTERVAL=2, DURATION=600 for steady, WARMUP=30, DRAIN=20, STATUS_MIX=0:1,
+# CONNECT_CONCURRENCY, CONNECT_TIMEOUT=300, PRIME_AUTH, KEEPALIVE_INTERVAL=20,
+# KEEPALIVE_WARNING_TIMEOUT=120, RESULTS_TAG, BUILD_NOTE, BACKEND_BIN, LOADGEN_BIN), PERF_OUT /
+# PERF_SECONDS (perf on backend 0 during `steady`), LOG_DIR (keep every log in
+# LOG_DIR/<scenario>), SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -111,7 +111,7 @@ run_scenario() {
     NATS_PID=$!
     for _ in $(seq 1 50); do port_in_use "$nats_port" && break; sleep 0.1; done
 
-    "$TARGET_DIR/release/kensa-backend" init --store-url "$store_url" \
+    "${BACKEND_BIN:-$TARGET_DIR/release/kensa-backend}" init --store-url "$store_url" \
         --cluster-admin-username "$ADMIN_USER" --cluster-admin-password "$ADMIN_PASSWORD" \
         >"$STATE_DIR/init.log" 2>&1 || {
         log "init failed: $(cat "$STATE_DIR/init.log")"
@@ -129,7 +129,7 @@ run_scenario() {
         dashboard_port=$(free_port "${used[@]}")
         used+=("$dashboard_port")
         mkdir -p "$STATE_DIR/backend-$index"
-        "$TARGET_DIR/release/kensa-backend" start \
+        "${BACKEND_BIN:-$TARGET_DIR/release/kensa-backend}" start \
             --store-url "$store_url" \
             --queue-url "nats://127.0.0.1:$nats_port" --queue-stream "$stream" \
             --state-dir "$STATE_DIR/backend-$index" \
@@ -250,7 +250,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p kensa-backend -p kensa-loadgen)
 fi
 mkdir -p "$RESULTS"
-raise_fd_limit $((AGENTS + 4096))
+raise_fd_limit "$AGENTS"
 for scenario in $SCENARIOS; do
     run_scenario "$scenario"
 done

@@ -27,6 +27,9 @@ CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-300}
 # Non-empty: one agent connects alone first, so the mass connect meets a backend that has
 # already verified the agents' credentials (its cache is warm, as when it already has agents).
 PRIME_AUTH=${PRIME_AUTH:-}
+# What the binaries were built from, recorded in the report (default: this checkout's commit,
+# `-dirty` with uncommitted changes).
+BUILD_NOTE=${BUILD_NOTE:-$(git -C "$(dirname "${BASH_SOURCE[0]}")" describe --always --dirty 2>/dev/null || echo unknown)}
 KEEPALIVE_INTERVAL=${KEEPALIVE_INTERVAL:-20}
 KEEPALIVE_WARNING_TIMEOUT=${KEEPALIVE_WARNING_TIMEOUT:-120}
 RESULTS_TAG=${RESULTS_TAG:-}
@@ -34,15 +37,19 @@ PERF_OUT=${PERF_OUT:-}
 PERF_CALL_GRAPH=${PERF_CALL_GRAPH:-fp}
 ADMIN_USER=admin
 ADMIN_PASSWORD='P@ssw0rd!'
+# The binaries (default: the release builds in CARGO_TARGET_DIR, set by the scripts).
+BACKEND_BIN=${BACKEND_BIN:-}
+LOADGEN_BIN=${LOADGEN_BIN:-}
 
-# Raises this shell's open-file limit (soft and hard; the hard one needs root) to `$1`, so the
-# backends and the load generator started from it can hold that many sockets.
+# Raises this shell's open-file limit (soft and hard; the hard one needs root with
+# CAP_SYS_RESOURCE) to `$1` + 4096, so the backends and the load generator started from it can
+# hold `$1` sockets each. Fails when the hard limit stays below `$1` + 300: the load generator
+# holds one socket per agent, and agents beyond its limit could not connect.
 raise_fd_limit() {
-    local want=$1 hard
+    local need=$1 want=$(($1 + 4096)) hard
     hard=$(ulimit -Hn)
     if [[ "$hard" != unlimited && "$hard" -lt "$want" ]]; then
-        ulimit -Hn "$want" 2>/dev/null ||
-            log "open-file hard limit is $hard, below the $want this run needs; raise it as root (ulimit -Hn $want)"
+        ulimit -Hn "$want" 2>/dev/null || true
     fi
     hard=$(ulimit -Hn)
     if [[ "$hard" == unlimited || "$hard" -ge "$want" ]]; then
@@ -51,6 +58,12 @@ raise_fd_limit() {
         ulimit -Sn "$hard"
     fi
     log "open-file limit: $(ulimit -Sn) (hard $(ulimit -Hn))"
+    if [[ "$hard" != unlimited && "$hard" -lt $((need + 300)) ]]; then
+        log "the open-file hard limit ($hard) is too low for $need agents, and could not be raised"
+        log "(that needs root with CAP_SYS_RESOURCE: ulimit -Hn $want, or LimitNOFILE= / limits.conf);"
+        log "one kensa-loadgen process holds at most $((hard - 300)) agents here"
+        return 1
+    fi
 }
 
 # An admin access token from the API at `$1`.
@@ -95,7 +108,7 @@ run_scale_loadgen() {
     local out=$1 logfile=$2
     shift 2
     KENSA_LOADGEN_AGENT_PASSWORD="$ADMIN_PASSWORD" KENSA_LOADGEN_API_PASSWORD="$ADMIN_PASSWORD" \
-        "$TARGET_DIR/release/kensa-loadgen" agents \
+        "${LOADGEN_BIN:-$TARGET_DIR/release/kensa-loadgen}" agents \
         --agents "$AGENTS" --checks 0 --answer-requests \
         --subscriptions loadgen --subscription-groups "$CHECK_GROUPS" \
         --status-mix "$STATUS_MIX" --resend-after 30 --window 1000 \
@@ -148,15 +161,16 @@ comm_cpu_seconds() {
         awk -v name="($name)" -v hz="$(getconf CLK_TCK)" '$2 == name { sum += $14 + $15 } END { printf "%.2f\n", sum / hz }'
 }
 
-# Adds the machine's load before the run and the script's knobs to the report `$1`, then
-# prints a one-line summary.
+# Adds the scenario `$3`, the machine's load before the run `$2` and BUILD_NOTE to the report
+# `$1`, then prints a one-line summary.
 finish_report() {
     local file=$1 load_before=$2 scenario=$3
-    python3 - "$file" "$load_before" "$scenario" <<'EOF'
+    python3 - "$file" "$load_before" "$scenario" "$BUILD_NOTE" <<'EOF'
 import json, sys
-path, load_before, scenario = sys.argv[1:]
+path, load_before, scenario, build = sys.argv[1:]
 report = json.load(open(path))
 report["scenario"] = scenario
+report["build"] = build
 report.setdefault("load_average", {})["before_backends_started"] = [float(x) for x in load_before.split()[:3]]
 json.dump(report, open(path, "w"), indent=2)
 m, h, t = report["measure"], report["handshakes"], report["totals"]

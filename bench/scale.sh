@@ -5,9 +5,9 @@
 # 0 errors). See BENCHMARKS.md, "Scale-out".
 #
 # Builds release binaries, raises the open-file limit, starts a kensa-backend on 127.0.0.1
-# (SQLite in a temporary state dir), creates the scale workload (bench/scale-lib.sh: CHECK_GROUPS
-# checks every CHECK_INTERVAL s on subscription groups, a `keepalive` tcp handler to the load
-# generator's alert listener), then runs `kensa-loadgen agents`: AGENTS agents connect
+# (SQLite in a temporary state dir), creates the scale workload (bench/scale-lib.sh:
+# CHECK_GROUPS checks every CHECK_INTERVAL s on subscription groups, a `keepalive` tcp handler
+# to the load generator's alert listener), then runs `kensa-loadgen agents`: AGENTS agents connect
 # CONNECT_CONCURRENCY at a time (default: all at once — the mass-connect measure), answer every
 # check request for DURATION seconds, and the backend's RSS and CPU are sampled every 5 s.
 # Agents connect from addresses spread over 127.0.0.0/8 (more than ~28k connections fit).
@@ -16,11 +16,11 @@
 #
 # Knobs (environment), besides those of bench/scale-lib.sh (AGENTS=10000, CHECK_GROUPS=20,
 # CHECK_INTERVAL=2, DURATION=600, WARMUP=30, DRAIN=20, STATUS_MIX=0:1, CONNECT_CONCURRENCY,
-# CONNECT_TIMEOUT=300, PRIME_AUTH, KEEPALIVE_INTERVAL=20, KEEPALIVE_WARNING_TIMEOUT=120, RESULTS_TAG,
-# PERF_OUT — a file: record the backend with perf for PERF_SECONDS (60) from the start of the
-# measurement and write `perf report` there — PERF_CALL_GRAPH=fp): LOG_DIR (a directory to keep
-# the backend's and the load generator's logs in), SKIP_BUILD=1,
-# CARGO_TARGET_DIR (default <repo>/target).
+# CONNECT_TIMEOUT=300, PRIME_AUTH, KEEPALIVE_INTERVAL=20, KEEPALIVE_WARNING_TIMEOUT=120,
+# RESULTS_TAG, BUILD_NOTE, BACKEND_BIN, LOADGEN_BIN): PERF_OUT (a file: record the backend with
+# perf for PERF_SECONDS (60) from the start of the measurement and write `perf report` there;
+# PERF_CALL_GRAPH=fp), LOG_DIR (keep the backend's and the load generator's logs there),
+# SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -63,7 +63,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p kensa-backend -p kensa-loadgen)
 fi
 mkdir -p "$RESULTS"
-raise_fd_limit $((AGENTS + 4096))
+raise_fd_limit "$AGENTS"
 
 STATE_DIR=$(mktemp -d -t kensa-bench-scale.XXXXXX)
 api_port=$(free_port)
@@ -74,7 +74,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before starting: $load_before"
 
 log "starting kensa-backend (api :$api_port, agents :$agent_port; log: $STATE_DIR/backend.log)"
-"$TARGET_DIR/release/kensa-backend" start \
+"${BACKEND_BIN:-$TARGET_DIR/release/kensa-backend}" start \
     --state-dir "$STATE_DIR" \
     --api-listen-address "127.0.0.1:$api_port" \
     --agent-host 127.0.0.1 --agent-port "$agent_port" \

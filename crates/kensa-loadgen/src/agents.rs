@@ -483,6 +483,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
     let started_at = unix_now();
     let started_at_ms = crate::client::unix_now_ms();
     let load_at_start = load_averages();
+    let tcp_at_start = crate::procfs::tcp_counters();
     let fd_limit = crate::fdlimit::raise(args.agents as u64 + crate::fdlimit::BASE_DESCRIPTORS);
     let mut targets = Vec::with_capacity(args.agent_urls.len());
     for url in &args.agent_urls {
@@ -592,6 +593,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
         connect_wall.as_secs_f64()
     ));
     if connected == 0 {
+        sampler.abort();
         tasks.abort_all();
         let mut failures = Vec::new();
         while let Some(report) = tasks.join_next().await {
@@ -616,6 +618,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
         agents: connected,
     });
     let plan_start_s = start.duration_since(t0).as_secs_f64();
+    let tcp_at_plan_start = crate::procfs::tcp_counters();
     plan_sender.send_replace(Some(plan.clone()));
     let handled = || sink.as_ref().map_or(0, Sink::handled);
 
@@ -684,6 +687,7 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
     let downtime_summary = summary_without_rate(total.downtimes, window, false);
     let timeline = std::mem::take(&mut *timeline.lock().expect("timeline lock"));
     let load_at_end = load_averages();
+    let tcp_at_end = crate::procfs::tcp_counters();
     Ok(json!({
         "benchmark": "agents",
         "label": args.label,
@@ -694,6 +698,11 @@ async fn run_with_sink(args: AgentsArgs, sink: Option<Sink>) -> anyhow::Result<V
         "machine": crate::api::machine(),
         "load_average": {"at_start": load_at_start, "at_end": load_at_end},
         "fd_limit": fd_limit,
+        // Machine-wide TCP counters (other processes count too).
+        "tcp_counters": {
+            "connect_phase": crate::procfs::tcp_counters_delta(&tcp_at_start, &tcp_at_plan_start),
+            "after_connect": crate::procfs::tcp_counters_delta(&tcp_at_plan_start, &tcp_at_end),
+        },
         "sources": match &shared.sources {
             Some(sources) => json!({
                 "spread": true,

@@ -151,9 +151,11 @@ impl ProcessMonitor {
             loop {
                 ticker.tick().await;
                 // A procfs read is a few microseconds and never blocks on I/O: no need for
-                // the blocking pool. A vanished process just stops the samples.
+                // the blocking pool. A vanished process stops the samples.
                 match read_status_kib(pid, "VmRSS:") {
                     Ok(kib) => shared.lock().expect("monitor state").record(kib),
+                    // Out of file descriptors, say: try again at the next tick.
+                    Err(_) if exists(pid) => {}
                     Err(_) => return,
                 }
             }
@@ -231,6 +233,11 @@ impl ProcessMonitor {
     }
 }
 
+/// Whether process `pid` still exists (a `stat`, which needs no file descriptor).
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Some lines of `/proc/<pid>/status` as `{"VmRSS_kib": 1234, "Threads": 9}` (numbers in kB
 /// get a `_kib` suffix); fields that cannot be read are left out.
 pub fn status_fields(pid: u32, fields: &[&str]) -> Value {
@@ -273,6 +280,52 @@ fn parse_status_kib(status: &str, field: &str) -> anyhow::Result<u64> {
         }
     }
     bail!("no {field} line")
+}
+
+/// The kernel's TCP counters a mass connect can move, from `/proc/net/netstat` (for this
+/// network namespace, so every process on the machine counts): a full listen backlog drops
+/// connection attempts (`ListenOverflows`), which clients only retry after a SYN timeout.
+pub const TCP_COUNTERS: [&str; 4] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "SyncookiesSent",
+    "TCPTimeouts",
+];
+
+/// The [`TCP_COUNTERS`] now (empty when `/proc/net/netstat` cannot be read).
+pub fn tcp_counters() -> Vec<(&'static str, u64)> {
+    std::fs::read_to_string("/proc/net/netstat")
+        .map(|text| parse_tcp_counters(&text))
+        .unwrap_or_default()
+}
+
+/// How much each counter grew from `before` to `after`, as a JSON object.
+pub fn tcp_counters_delta(before: &[(&str, u64)], after: &[(&str, u64)]) -> Value {
+    let mut out = Map::new();
+    for (name, value) in after {
+        if let Some((_, old)) = before.iter().find(|(n, _)| n == name) {
+            out.insert((*name).to_owned(), json!(value.saturating_sub(*old)));
+        }
+    }
+    Value::Object(out)
+}
+
+fn parse_tcp_counters(text: &str) -> Vec<(&'static str, u64)> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Vec::new();
+    };
+    let pairs: Vec<(&str, &str)> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .collect();
+    TCP_COUNTERS
+        .iter()
+        .filter_map(|wanted| {
+            let (_, value) = pairs.iter().find(|(name, _)| name == wanted)?;
+            Some((*wanted, value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// utime + stime of a `/proc/<pid>/stat`, in ticks.
@@ -345,6 +398,30 @@ mod tests {
         assert_eq!(parse_process_ticks(stat).unwrap(), 325);
         let machine = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\n";
         assert_eq!(parse_machine_ticks(machine).unwrap(), (161, 1181));
+    }
+
+    #[test]
+    fn parses_tcp_counters() {
+        let text =
+            "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TCPTimeouts\n\
+                    TcpExt: 5 0 120 121 7\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        let before = parse_tcp_counters(text);
+        assert_eq!(
+            before,
+            [
+                ("ListenOverflows", 120),
+                ("ListenDrops", 121),
+                ("SyncookiesSent", 5),
+                ("TCPTimeouts", 7)
+            ]
+        );
+        let after = parse_tcp_counters(&text.replace("5 0 120 121 7", "5 0 150 151 9"));
+        let delta = tcp_counters_delta(&before, &after);
+        assert_eq!(delta["ListenOverflows"], 30);
+        assert_eq!(delta["TCPTimeouts"], 2);
+        assert_eq!(delta["SyncookiesSent"], 0);
+        assert!(parse_tcp_counters("nothing").is_empty());
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! ten-minute run at constant load has a leak or an unbounded queue, whatever its peak was.
 //!
 //! A process that exits (a backend the bench script kills) just stops having samples; the
-//! report says when it was last seen.
+//! report says when it was found gone.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,7 +76,11 @@ impl Series {
                     let rss = read_status_kib(track.pid, "VmRSS:");
                     let ticks = read_process_ticks(&format!("/proc/{}/stat", track.pid));
                     let (Ok(rss), Ok(ticks)) = (rss, ticks) else {
-                        track.gone_at_s = Some(t);
+                        // A read can also fail because this process is out of file
+                        // descriptors: only a missing /proc entry means the process is gone.
+                        if !crate::procfs::exists(track.pid) {
+                            track.gone_at_s = Some(t);
+                        }
                         continue;
                     };
                     let cpu_pct = match track.last_ticks {
