@@ -50,6 +50,10 @@ const REQUEST_QUEUE: usize = 1024;
 const ACK_QUEUE: usize = 1024;
 /// A session that receives nothing (not even the agent's pings) for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// What each session's WebSocket reads into at once. The library's default (128 KiB, zeroed
+/// and kept for the session's life) made up most of a connected agent's memory; agent frames
+/// are a few KiB, and the buffer still grows for a frame that needs more.
+const SOCKET_READ_BUFFER: usize = 8 * 1024;
 /// Most remembered credential digests before the cache is cleared.
 const AUTH_CACHE_LIMIT: usize = 100_000;
 
@@ -309,6 +313,7 @@ async fn upgrade(
     }
     match agentd.handshake(&headers).await {
         Ok(hello) => ws
+            .read_buffer_size(SOCKET_READ_BUFFER)
             .max_message_size(MAX_FRAME_BYTES)
             .max_frame_size(MAX_FRAME_BYTES)
             .on_upgrade(move |socket| run_session(agentd, hello, socket)),

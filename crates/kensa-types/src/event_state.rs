@@ -31,39 +31,82 @@ pub fn total_state_change(statuses: &[u64]) -> u32 {
     (sum / transitions as u64) as u32
 }
 
+/// One entry of a check's history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub status: u64,
+    pub executed: i64,
+    /// Whether the check was flapping after this result (Kensa's addition, see [`merge_check`]).
+    pub flapping: bool,
+}
+
+/// What the next merge needs of a check: everything but its output and configuration. Small
+/// and typed, so a backend can keep one per (entity, check) in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckState {
+    /// Oldest first, at most [`HISTORY_LEN`].
+    pub history: Vec<HistoryEntry>,
+    pub flapping: bool,
+    pub last_ok: i64,
+    pub occurrences: i64,
+    pub occurrences_watermark: i64,
+}
+
+impl CheckState {
+    /// The state carried by a stored event's check (missing or mistyped fields count as 0).
+    pub fn of(check: &Value) -> CheckState {
+        let history = check["history"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| HistoryEntry {
+                        status: entry["status"].as_u64().unwrap_or(0),
+                        executed: entry["executed"].as_i64().unwrap_or(0),
+                        flapping: entry["flapping"].as_bool().unwrap_or(false),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        CheckState {
+            history,
+            flapping: check["state"] == "flapping",
+            last_ok: check["last_ok"].as_i64().unwrap_or(0),
+            occurrences: check["occurrences"].as_i64().unwrap_or(0),
+            occurrences_watermark: check["occurrences_watermark"].as_i64().unwrap_or(0),
+        }
+    }
+}
+
 /// Merges a new check result into the state carried by `previous` (the stored event's check,
 /// if any) and returns the check with history, total_state_change, state, occurrences,
-/// occurrences_watermark and last_ok set. The fields the client sent for these are ignored.
-pub fn merge_check(mut previous: Option<Value>, mut check: Value) -> Value {
+/// occurrences_watermark and last_ok set, and the new state itself (what the next merge needs).
+/// The fields the client sent for these are ignored.
+pub fn merge_check(previous: Option<CheckState>, mut check: Value) -> (Value, CheckState) {
     let status = check["status"].as_u64().unwrap_or(0);
     let executed = check["executed"].as_i64().unwrap_or(0);
 
+    let had_previous = previous.is_some();
+    let previous = previous.unwrap_or_default();
     // The previous state is consumed: its history moves into the new one, nothing is copied.
-    let mut history: Vec<Value> = match previous
-        .as_mut()
-        .and_then(|p| p.get_mut("history"))
-        .map(Value::take)
-    {
-        Some(Value::Array(history)) => history,
-        _ => Vec::new(),
-    };
-    let previous = previous.as_ref();
-    history.push(json!({"status": status, "executed": executed}));
+    let mut history = previous.history;
+    history.push(HistoryEntry {
+        status,
+        executed,
+        flapping: false,
+    });
     if history.len() > HISTORY_LEN {
         history.drain(..history.len() - HISTORY_LEN);
     }
-    let statuses: Vec<u64> = history
-        .iter()
-        .map(|h| h["status"].as_u64().unwrap_or(0))
-        .collect();
+    let statuses: Vec<u64> = history.iter().map(|h| h.status).collect();
     let tsc = total_state_change(&statuses);
 
     let low = check["low_flap_threshold"].as_u64().unwrap_or(0) as u32;
     let high = check["high_flap_threshold"].as_u64().unwrap_or(0) as u32;
-    let was_flapping = previous.is_some_and(|p| p["state"] == "flapping");
+    let was_flapping = had_previous && previous.flapping;
     let flapping = low > 0 && high > 0 && if was_flapping { tsc > low } else { tsc >= high };
 
-    let mut last_ok = previous.and_then(|p| p["last_ok"].as_i64()).unwrap_or(0);
+    let mut last_ok = previous.last_ok;
     let state = if flapping {
         "flapping"
     } else if status == 0 {
@@ -75,43 +118,57 @@ pub fn merge_check(mut previous: Option<Value>, mut check: Value) -> Value {
         last_ok = executed;
     }
 
-    let (occurrences, watermark) = match previous {
-        None => (1, 1),
-        Some(previous) => {
-            let prev_occurrences = previous["occurrences"].as_i64().unwrap_or(0);
-            let prev_watermark = previous["occurrences_watermark"].as_i64().unwrap_or(0);
-            let prev_status = statuses.len().checked_sub(2).map(|i| statuses[i]);
-            let occurrences = if prev_status == Some(status) {
-                prev_occurrences + 1
-            } else {
-                1
-            };
-            let watermark = if status != 0 && prev_status == Some(0) {
-                1
-            } else if occurrences <= prev_watermark {
-                prev_watermark
-            } else {
-                prev_watermark + 1
-            };
-            (occurrences, watermark)
-        }
+    let (occurrences, watermark) = if had_previous {
+        let prev_status = statuses.len().checked_sub(2).map(|i| statuses[i]);
+        let occurrences = if prev_status == Some(status) {
+            previous.occurrences + 1
+        } else {
+            1
+        };
+        let watermark = if status != 0 && prev_status == Some(0) {
+            1
+        } else if occurrences <= previous.occurrences_watermark {
+            previous.occurrences_watermark
+        } else {
+            previous.occurrences_watermark + 1
+        };
+        (occurrences, watermark)
+    } else {
+        (1, 1)
     };
 
     // Kensa records whether each result was flapping (Sensu's field exists but is never set),
     // so filters can tell a flap's start and end (`is_flapping_start`/`_end`).
-    if flapping {
-        if let Some(last) = history.last_mut() {
-            last["flapping"] = json!(true);
-        }
+    if let Some(last) = history.last_mut() {
+        last.flapping = flapping;
     }
+    let history_value = history
+        .iter()
+        .map(|entry| {
+            let mut object = serde_json::Map::new();
+            object.insert("status".into(), json!(entry.status));
+            object.insert("executed".into(), json!(entry.executed));
+            if entry.flapping {
+                object.insert("flapping".into(), json!(true));
+            }
+            Value::Object(object)
+        })
+        .collect();
     let object = check.as_object_mut().expect("a check is an object");
-    object.insert("history".into(), Value::Array(history));
+    object.insert("history".into(), Value::Array(history_value));
     object.insert("total_state_change".into(), json!(tsc));
     object.insert("state".into(), json!(state));
     object.insert("last_ok".into(), json!(last_ok));
     object.insert("occurrences".into(), json!(occurrences));
     object.insert("occurrences_watermark".into(), json!(watermark));
-    check
+    let state = CheckState {
+        history,
+        flapping,
+        last_ok,
+        occurrences,
+        occurrences_watermark: watermark,
+    };
+    (check, state)
 }
 
 #[cfg(test)]
@@ -119,12 +176,14 @@ mod tests {
     use super::*;
 
     fn run(statuses: &[u64], low: u64, high: u64) -> Vec<Value> {
-        let mut previous: Option<Value> = None;
+        let mut previous: Option<CheckState> = None;
         let mut out = Vec::new();
         for (i, status) in statuses.iter().enumerate() {
             let check = json!({"status": status, "executed": 1000 + i as i64, "low_flap_threshold": low, "high_flap_threshold": high});
-            let merged = merge_check(previous.clone(), check);
-            previous = Some(merged.clone());
+            let (merged, state) = merge_check(previous.take(), check);
+            // What a backend reads back from a stored event is what it kept in memory.
+            assert_eq!(CheckState::of(&merged), state, "after result {i}");
+            previous = Some(state);
             out.push(merged);
         }
         out

@@ -29,6 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kensa_store::{Key, Store};
+use kensa_types::event_state::CheckState;
 use kensa_types::resources::silenced::Silenced;
 use kensa_types::Kind;
 use serde_json::{json, Value};
@@ -365,7 +366,7 @@ fn stored_name(event: &Value) -> Option<String> {
 /// re-sent duplicates).
 #[derive(Default)]
 struct ShardCache {
-    previous: HashMap<(String, String), (u64, Value)>,
+    previous: HashMap<(String, String), (u64, CheckState)>,
     recent_ids: VecDeque<Uuid>,
     recent_set: HashSet<Uuid>,
 }
@@ -562,12 +563,13 @@ impl Shard {
                     }
                 };
                 let check = event["check"].take();
-                event["check"] = kensa_types::event_state::merge_check(previous, check);
+                let (check, state) = kensa_types::event_state::merge_check(previous, check);
+                event["check"] = check;
                 self.cache
                     .lock()
                     .expect("shard cache poisoned")
                     .previous
-                    .insert(cache_key.clone(), (generation, state_of(&event["check"])));
+                    .insert(cache_key.clone(), (generation, state));
                 Some(cache_key)
             }
             None => {
@@ -657,7 +659,7 @@ impl Shard {
         cache_key: &(String, String),
         generation: u64,
         key: &Key,
-    ) -> kensa_store::Result<Option<Value>> {
+    ) -> kensa_store::Result<Option<CheckState>> {
         let remembered = self
             .cache
             .lock()
@@ -674,7 +676,7 @@ impl Shard {
             .store
             .get(key)
             .await?
-            .map(|stored| state_of(&stored.value["check"])))
+            .map(|stored| CheckState::of(&stored.value["check"])))
     }
 
     /// Merges `event` with the stored event of `key` and writes it with compare-and-set,
@@ -692,8 +694,8 @@ impl Shard {
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(jitter))).await;
             }
             let current = self.deps.store.get(key).await?;
-            let previous = current.as_ref().map(|c| state_of(&c.value["check"]));
-            event["check"] = kensa_types::event_state::merge_check(previous, check.clone());
+            let previous = current.as_ref().map(|c| CheckState::of(&c.value["check"]));
+            event["check"] = kensa_types::event_state::merge_check(previous, check.clone()).0;
             let stored = into_stored(event.clone());
             let written = match &current {
                 Some(current) => {
@@ -942,18 +944,6 @@ fn into_stored(event: Value) -> Value {
         }
     }
     stored
-}
-
-/// What the next merge needs of a check (everything but the output).
-fn state_of(check: &Value) -> Value {
-    json!({
-        "history": check["history"],
-        "state": check["state"],
-        "last_ok": check["last_ok"],
-        "occurrences": check["occurrences"],
-        "occurrences_watermark": check["occurrences_watermark"],
-        "status": check["status"],
-    })
 }
 
 fn decode_processed(event: &Value) -> Option<Processed> {
