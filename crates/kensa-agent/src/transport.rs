@@ -41,7 +41,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use kensa_proto::{AgentMessage, BackendMessage, CheckRequest};
+use kensa_proto::{AgentMessage, BackendMessage, CheckRequest, Refused};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -56,7 +56,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::CheckExecutor;
+use crate::checks::{CheckExecutor, Refusal};
 use crate::config::{AgentConfig, RetryPolicy};
 use crate::entity::{unix_now, EntityManager};
 use crate::outbox::Outbox;
@@ -487,6 +487,7 @@ impl Session<'_> {
             executor: manager.executor.clone(),
             last_traffic: last_traffic.clone(),
             first_config: Some(config_tx),
+            priority: priority_tx.clone(),
         };
         let mut tasks = SessionTasks {
             reader: Task::spawn(reader.run(stream)),
@@ -687,6 +688,8 @@ struct Reader {
     executor: Arc<CheckExecutor>,
     last_traffic: Arc<Mutex<Instant>>,
     first_config: Option<oneshot::Sender<()>>,
+    /// For refusals of round-robin requests.
+    priority: mpsc::Sender<Message>,
 }
 
 impl Reader {
@@ -739,8 +742,24 @@ impl Reader {
 
     fn check_request(&self, request: CheckRequest) {
         tracing::debug!(check = %request.execution_key(), round = %request.round, "check request received");
+        let round_robin = request.config.round_robin && !request.round.is_empty();
+        let (round, check) = (request.round.clone(), request.execution_key());
         // Refusals are logged by the executor.
-        let _ = self.executor.handle(request);
+        let Err(refusal) = self.executor.handle(request) else {
+            return;
+        };
+        // A round-robin round this agent will not run goes to another agent at once when the
+        // backend is told. Not for a duplicate: this agent ran that round, its result is on
+        // the way (or in the outbox).
+        if round_robin && !matches!(refusal, Refusal::Duplicate) {
+            let frame = AgentMessage::Refused(Refused {
+                round,
+                check,
+                reason: refusal.to_string(),
+            })
+            .encode();
+            send_priority(&self.priority, Message::Binary(frame.into()), "a refusal");
+        }
     }
 }
 

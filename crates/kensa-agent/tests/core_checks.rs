@@ -4,6 +4,7 @@
 mod core_support;
 
 use core_support::{agent_args, check_request, FakeBackend, Session, TestAgent};
+use kensa_proto::{AgentMessage, Refused};
 use kensa_types::resources::event::Event;
 use kensa_types::resources::hook::{HookConfig, HookList};
 
@@ -203,5 +204,48 @@ async fn stdin_checks_read_the_event() {
     request.config.env_vars = vec!["GREETING=hi there".into()];
     session.send_check(request).await;
     assert_eq!(check_of(&session.next_event().await).output, "hi there\n");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_round_robin_request_the_agent_cannot_run_is_refused_back_to_the_backend() {
+    let (agent, mut session, _backend, _cache) = agent_and_session().await;
+    let mut first = check_request("probe", "sleep 2; echo done", "default/probe@1#pool");
+    first.config.round_robin = true;
+    session.send_check(first).await;
+    // A second round of the same check while the first still runs: refused, and said so.
+    let mut second = check_request("probe", "sleep 2; echo done", "default/probe@2#pool");
+    second.config.round_robin = true;
+    session.send_check(second).await;
+    // The same for a check that is not round robin: refused silently (the backend sends every
+    // agent its own copy; nobody else could run it instead).
+    session
+        .send_check(check_request("plain", "sleep 2", "default/plain@1"))
+        .await;
+    session
+        .send_check(check_request("plain", "sleep 2", "default/plain@2"))
+        .await;
+    let mut refusals = Vec::new();
+    let mut results = Vec::new();
+    while results.len() < 2 {
+        match session.next().await.expect("session open") {
+            AgentMessage::Refused(refused) => refusals.push(refused),
+            AgentMessage::Event(event) => {
+                session.ack(&event).await;
+                results.push(check_of(&event).metadata.name.clone());
+            }
+            AgentMessage::Keepalive(_) => {}
+        }
+    }
+    assert_eq!(
+        refusals,
+        vec![Refused {
+            round: "default/probe@2#pool".into(),
+            check: "probe".into(),
+            reason: "check execution still in progress".into(),
+        }]
+    );
+    results.sort();
+    assert_eq!(results, ["plain", "probe"]);
     agent.stop().await;
 }

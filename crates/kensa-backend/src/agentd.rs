@@ -4,7 +4,9 @@
 //! A session is two tasks. The **reader** decodes frames and never waits on another service:
 //! keepalives go to keepalived's lane, events to their eventd shard with `try_submit` — when a
 //! shard is full the event is simply not acknowledged and the agent re-sends it from its
-//! outbox. So a backlog of events can never hold a keepalive back (reference §8.1). The
+//! outbox, and the session's next events for [`DEFER_WINDOW`] are left unacknowledged without
+//! being parsed (an overloaded backend otherwise spends its time parsing re-sent bursts it
+//! cannot take). So a backlog of events can never hold a keepalive back (reference §8.1). The
 //! **writer** drains three bounded queues, most urgent first: control frames (entity config),
 //! acknowledgements, then check requests (which the dispatcher drops for this agent only when
 //! its queue is full). A malformed or oversized frame closes the session with a logged reason.
@@ -20,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -54,6 +56,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// and kept for the session's life) made up most of a connected agent's memory; agent frames
 /// are a few KiB, and the buffer still grows for a frame that needs more.
 const SOCKET_READ_BUFFER: usize = 8 * 1024;
+/// After eventd could not take one of a session's events, how long that session's further
+/// events are left unacknowledged without being parsed.
+const DEFER_WINDOW: Duration = Duration::from_millis(100);
 /// Most remembered credential digests before the cache is cleared.
 const AUTH_CACHE_LIMIT: usize = 100_000;
 
@@ -64,6 +69,8 @@ pub struct Agentd {
     keepalived: Keepalived,
     eventd: Eventd,
     telemetry: Arc<Telemetry>,
+    /// Round-robin rounds agents refused, for the round-robin service.
+    refusals: mpsc::Sender<RefusedRound>,
     /// Digests of credentials that verified (see the module comment).
     verified: Mutex<HashSet<[u8; 32]>>,
     next_session: AtomicU64,
@@ -80,6 +87,13 @@ struct SessionControl {
     pushed: Option<Value>,
 }
 
+/// A round-robin round an agent refused (`refused` message), for [`crate::rounds`].
+#[derive(Debug)]
+pub struct RefusedRound {
+    pub session: SessionId,
+    pub round: String,
+}
+
 /// What the handshake established.
 struct Hello {
     namespace: String,
@@ -94,6 +108,7 @@ impl Agentd {
         keepalived: Keepalived,
         eventd: Eventd,
         telemetry: Arc<Telemetry>,
+        refusals: mpsc::Sender<RefusedRound>,
     ) -> Arc<Agentd> {
         Arc::new(Agentd {
             view,
@@ -101,6 +116,7 @@ impl Agentd {
             keepalived,
             eventd,
             telemetry,
+            refusals,
             verified: Mutex::new(HashSet::new()),
             next_session: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
@@ -440,6 +456,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
         acks: ack_tx,
     };
     let mut shedding = agentd.shedding.subscribe();
+    let mut deferring_until: Option<Instant> = None;
     let close_reason = loop {
         let read = tokio::select! {
             _ = shedding.wait_for(|shed| *shed) => break Some("shed"),
@@ -460,7 +477,14 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
             Message::Close(_) => break None,
             Message::Ping(_) | Message::Pong(_) => continue,
         };
-        if let Err(reason) = handle_frame(&agentd, &namespace, &agent, &ack_target, &bytes) {
+        if let Err(reason) = handle_frame(
+            &agentd,
+            &namespace,
+            &agent,
+            &ack_target,
+            &mut deferring_until,
+            &bytes,
+        ) {
             tracing::warn!(namespace, agent, %reason, "closing agent session: bad frame");
             break Some("bad frame");
         }
@@ -496,9 +520,28 @@ fn handle_frame(
     namespace: &str,
     agent: &str,
     acks: &AckTarget,
+    deferring_until: &mut Option<Instant>,
     bytes: &[u8],
 ) -> Result<(), String> {
     let (kind, body) = kensa_proto::split_frame(bytes).map_err(|err| err.to_string())?;
+    if kind == kensa_proto::TYPE_EVENT
+        && deferring_until.is_some_and(|until| Instant::now() < until)
+    {
+        // Left unacknowledged without being parsed: the agent re-sends it.
+        agentd.telemetry.events_deferred.inc();
+        return Ok(());
+    }
+    if kind == kensa_proto::TYPE_REFUSED {
+        let refused: kensa_proto::Refused =
+            serde_json::from_slice(body).map_err(|err| format!("invalid {kind} message: {err}"))?;
+        tracing::info!(namespace, agent, round = %refused.round, reason = %refused.reason, "agent refused a round-robin round");
+        // Full: the round's deadline hands it to another agent instead.
+        let _ = agentd.refusals.try_send(RefusedRound {
+            session: acks.session,
+            round: refused.round,
+        });
+        return Ok(());
+    }
     let mut event: Value =
         serde_json::from_slice(body).map_err(|err| format!("invalid {kind} message: {err}"))?;
     if !event.is_object() {
@@ -528,8 +571,12 @@ fn handle_frame(
             match Kind::Event.normalize(event) {
                 Ok(event) => {
                     let submission = Submission::result(event, Origin::Agent(acks.clone()));
-                    // Full: not acknowledged; the agent re-sends it later.
-                    let _ = agentd.eventd.try_submit(submission);
+                    // Full: not acknowledged; the agent re-sends it later. The agent's next
+                    // events for a moment are deferred unparsed: an overloaded backend must not
+                    // spend its time parsing events it cannot take (re-sent bursts are many).
+                    if agentd.eventd.try_submit(submission).is_err() {
+                        *deferring_until = Some(Instant::now() + DEFER_WINDOW);
+                    }
                 }
                 Err(err) => {
                     agentd.telemetry.events_rejected.inc();

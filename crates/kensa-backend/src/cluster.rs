@@ -268,6 +268,18 @@ impl Membership {
     }
 }
 
+/// Runs a store write on its own task, so that a caller who stops waiting for it (the
+/// timeouts here) never cancels it halfway: a write transaction dropped between its `BEGIN`
+/// and the transaction object existing stays open on the connection (sqlx), and with the
+/// embedded store's single writer connection every later write then failed.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = kensa_store::Result<T>> + Send + 'static,
+) -> kensa_store::Result<T> {
+    tokio::spawn(write)
+        .await
+        .unwrap_or_else(|err| Err(kensa_store::StoreError::Internal(err.to_string())))
+}
+
 /// What this backend observed of one member record.
 struct Observation {
     revision: i64,
@@ -338,7 +350,8 @@ impl Service {
 
     async fn write_heartbeat(&mut self) -> kensa_store::Result<()> {
         let (key, record) = (self.own_key(), self.record());
-        let write = self.store.put(&key, &record, Precondition::None);
+        let store = self.store.clone();
+        let write = detached(async move { store.put(&key, &record, Precondition::None).await });
         match tokio::time::timeout(STORE_CALL_TIMEOUT, write).await {
             Ok(Ok(_)) => {
                 self.last_write_ok = Instant::now();
@@ -500,7 +513,9 @@ impl Service {
             .collect();
         for (id, revision) in stale {
             let key = Key::new(MEMBERS_KIND, "", &id);
-            let delete = self.store.delete(&key, Precondition::Revision(revision));
+            let store = self.store.clone();
+            let delete =
+                detached(async move { store.delete(&key, Precondition::Revision(revision)).await });
             // Gone already, changed (it came back), or the store failed: next round.
             if let Ok(Ok(())) = tokio::time::timeout(STORE_CALL_TIMEOUT, delete).await {
                 tracing::info!(member = %id, "forgot a long-dead cluster member");
@@ -514,7 +529,8 @@ impl Service {
     /// A graceful stop: delete the record so the others take over at once.
     async fn leave(&self) {
         let key = self.own_key();
-        let delete = self.store.delete(&key, Precondition::None);
+        let store = self.store.clone();
+        let delete = detached(async move { store.delete(&key, Precondition::None).await });
         match tokio::time::timeout(STORE_CALL_TIMEOUT, delete).await {
             Ok(Ok(())) | Ok(Err(kensa_store::StoreError::NotFound(_))) => {
                 tracing::info!(member = %self.membership.id(), "left the cluster")

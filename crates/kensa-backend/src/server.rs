@@ -172,12 +172,14 @@ pub async fn run(
     );
     tasks.push(keepalived_task);
     let dispatcher = Arc::new(Dispatcher::new());
+    let (refusals_tx, refusals_rx) = mpsc::channel(4096);
     let agentd = Agentd::new(
         view.clone(),
         dispatcher.clone(),
         keepalived,
         eventd.clone(),
         telemetry.clone(),
+        refusals_tx,
     );
     tasks.push(tokio::spawn(
         agentd.clone().follow_entities(shutdown.child_token()),
@@ -203,6 +205,10 @@ pub async fn run(
     tasks.extend(rounds_tasks);
     tasks.push(tokio::spawn(crate::rounds::settle_duplicates(
         duplicate_rounds_rx,
+        rounds.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::rounds::release_refused(
+        refusals_rx,
         rounds.clone(),
     )));
     tasks.push(tokio::spawn(crate::rounds::tap(

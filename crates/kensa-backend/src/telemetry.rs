@@ -59,6 +59,7 @@ pub struct Telemetry {
     pub rounds_scheduled: Family<RoundLabels, Counter>,
     pub rounds_delivered: Family<RoundLabels, Counter>,
     pub rounds_redelivered: Family<RoundLabels, Counter>,
+    pub rounds_refused: Family<RoundLabels, Counter>,
     pub rounds_completed: Family<RoundLabels, Counter>,
     pub rounds_duplicated: Family<RoundLabels, Counter>,
     pub rounds_missed: Family<RoundLabels, Counter>,
@@ -293,6 +294,11 @@ impl Telemetry {
             "rounds_redelivered",
             "Round-robin rounds handed to an agent again after an agent died, stalled or was cut off",
         );
+        let rounds_refused = round_family(
+            &mut registry,
+            "rounds_refused",
+            "Round-robin rounds an agent of this backend refused (busy with that check, execution queue full, shutting down); each goes to another agent",
+        );
         let rounds_completed = round_family(
             &mut registry,
             "rounds_completed",
@@ -360,6 +366,7 @@ impl Telemetry {
             rounds_scheduled,
             rounds_delivered,
             rounds_redelivered,
+            rounds_refused,
             rounds_completed,
             rounds_duplicated,
             rounds_missed,

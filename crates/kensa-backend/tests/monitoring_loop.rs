@@ -10,10 +10,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::fake_agent::FakeAgent;
 use common::{expect, poll_until, Client};
 use kensa_agent::config::{AgentConfig, StartArgs};
 use kensa_agent::Agent;
 use kensa_backend::testing::TestServer;
+use kensa_proto::{AgentMessage, BackendMessage, Refused};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -806,6 +808,64 @@ async fn each_round_robin_round_runs_on_exactly_one_agent_and_spreads_over_them(
         agent.kill().await;
     }
     newcomer.kill().await;
+}
+
+#[tokio::test]
+async fn a_round_an_agent_refuses_goes_to_another_agent_at_once() {
+    let lp = Loop::start().await;
+    let file = lp.recording_handler("record", &[]).await;
+    // A scripted agent, alone on the subscription, so the first delivery is surely its own.
+    let mut busy = FakeAgent::connect(&lp.server.agent_url, "busy-1", &["pool"]).await;
+    lp.check(json!({
+        "metadata": {"name": "probe"},
+        "command": "echo ok",
+        "interval": 60,
+        "timeout": 20,
+        "round_robin": true,
+        "subscriptions": ["pool"],
+        "handlers": ["record"],
+        "publish": false,
+    }))
+    .await;
+    expect(
+        lp.client
+            .post(
+                "namespaces/default/checks/probe/execute",
+                &json!({"check": "probe"}),
+            )
+            .await,
+        202,
+    );
+    let request = loop {
+        match busy.next(Duration::from_secs(10)).await {
+            Some(BackendMessage::CheckRequest(request)) => break request,
+            Some(_) => continue,
+            None => panic!("busy-1 never got the round"),
+        }
+    };
+    assert!(request.config.round_robin);
+    let worker = lp.agent("worker-1", &["pool"]).await;
+    // The worker must be a member of the group before the refusal, or the round would
+    // wait for it anyway.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused_at = Instant::now();
+    busy.send(AgentMessage::Refused(Refused {
+        round: request.round.clone(),
+        check: request.execution_key(),
+        reason: "check execution still in progress".into(),
+    }))
+    .await;
+    // Without the refusal the round would wait for its in-flight deadline (timeout 20 s +
+    // grace) before going to worker-1.
+    wait_handled(&file, Duration::from_secs(8), |e| {
+        check_name(e) == "probe" && e["entity"]["metadata"]["name"] == "worker-1"
+    })
+    .await;
+    assert!(refused_at.elapsed() < Duration::from_secs(8));
+    let rounds = handled_rounds(&file, "probe");
+    assert_eq!(rounds, vec![(request.round.clone(), "worker-1".to_owned())]);
+    assert_eq!(metric(&lp, "kensa_rounds_refused_total").await, 1.0);
+    worker.kill().await;
 }
 
 #[tokio::test]

@@ -8,6 +8,9 @@
 //!   nothing is lost across disconnects and restarts; the backend drops duplicates by event id.
 //! - `CheckRequest::round`: an opaque id per (check, scheduled round). The agent deduplicates on
 //!   `(check, round)` instead of Sensu's wall-clock `issued` seconds (reference §8.7).
+//! - `refused` (agent → backend): a round-robin request the agent will not run (busy with that
+//!   check, its execution queue full, shutting down), so the backend hands the round to another
+//!   agent at once instead of waiting for the round's deadline.
 //!
 //! Invariant: this crate is pure — types, encoding and decoding; no I/O.
 
@@ -80,6 +83,18 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// An agent's refusal of a round-robin check request ([`AgentMessage::Refused`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Refused {
+    /// The request's `round`.
+    pub round: String,
+    /// The request's execution key ([`CheckRequest::execution_key`]).
+    pub check: String,
+    /// Why, for the backend's log (`check execution still in progress`, …).
+    pub reason: String,
+}
+
 /// Agent → backend.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentMessage {
@@ -89,6 +104,9 @@ pub enum AgentMessage {
     /// A check result, hook result, StatsD flush or locally submitted event. Always has an
     /// `id`; the backend acknowledges it with [`Ack`].
     Event(Box<Event>),
+    /// A round-robin request this agent will not run. Best effort: not queued, not re-sent (the
+    /// backend's deadline for the round covers a lost refusal).
+    Refused(Refused),
 }
 
 /// Backend → agent.
@@ -103,6 +121,7 @@ pub enum BackendMessage {
 
 pub const TYPE_KEEPALIVE: &str = "keepalive";
 pub const TYPE_EVENT: &str = "event";
+pub const TYPE_REFUSED: &str = "refused";
 pub const TYPE_CHECK_REQUEST: &str = "check_request";
 pub const TYPE_ENTITY_CONFIG: &str = "entity_config";
 pub const TYPE_ACK: &str = "ack";
@@ -154,6 +173,7 @@ impl AgentMessage {
         match self {
             AgentMessage::Keepalive(event) => frame(TYPE_KEEPALIVE, event),
             AgentMessage::Event(event) => frame(TYPE_EVENT, event),
+            AgentMessage::Refused(refused) => frame(TYPE_REFUSED, refused),
         }
     }
 
@@ -161,6 +181,7 @@ impl AgentMessage {
         match split_frame(bytes)? {
             (TYPE_KEEPALIVE, rest) => Ok(AgentMessage::Keepalive(body(TYPE_KEEPALIVE, rest)?)),
             (TYPE_EVENT, rest) => Ok(AgentMessage::Event(body(TYPE_EVENT, rest)?)),
+            (TYPE_REFUSED, rest) => Ok(AgentMessage::Refused(body(TYPE_REFUSED, rest)?)),
             (other, _) => Err(DecodeError::UnknownType(other.to_owned())),
         }
     }
@@ -212,6 +233,14 @@ mod tests {
         assert_eq!(request.execution_key(), "disk/router-1");
         let message = BackendMessage::CheckRequest(Box::new(request));
         assert_eq!(BackendMessage::decode(&message.encode()).unwrap(), message);
+
+        let message = AgentMessage::Refused(Refused {
+            round: "default/ping@1700000000000#zone-a".into(),
+            check: "ping".into(),
+            reason: "check execution still in progress".into(),
+        });
+        assert!(message.encode().starts_with(b"refused\n{"));
+        assert_eq!(AgentMessage::decode(&message.encode()).unwrap(), message);
 
         let message = BackendMessage::EntityConfig(None);
         assert_eq!(message.encode(), b"entity_config\nnull");

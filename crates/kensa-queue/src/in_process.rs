@@ -8,7 +8,8 @@
 //! message: a publish is written before the message enters memory (so every later write
 //! follows it), removal deletes the row, and attempt-count updates (on nak and on ack-wait
 //! expiry) are conditional on the row still existing. The store is never touched while the
-//! state lock is held.
+//! state lock is held. Publishes and removals share transactions ([`GroupCommit`]): each is
+//! answered once the transaction holding it committed.
 //!
 //! Time-driven work (lock expiry, delayed messages becoming available for waiting consumers,
 //! dedup-window pruning) is done by one timer task per queue that sleeps until the earliest
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use crate::group_commit::GroupCommit;
 use crate::{
     validate_msg_id, Acker, Consumer, ConsumerSettings, Counters, Delivery, Group, Published,
     QueueError, QueueStats, WorkQueue, DEDUP_WINDOW,
@@ -45,6 +47,8 @@ pub struct InProcessQueue {
 /// State shared by the queue, its consumers, their deliveries and the timer task.
 struct Shared {
     store: Arc<dyn Store>,
+    /// Publishes' and removals' store writes.
+    writes: GroupCommit,
     /// The authoritative queue state. A std mutex: it is never held across an await, and every
     /// critical section is a few map operations.
     state: Mutex<State>,
@@ -226,6 +230,7 @@ impl InProcessQueue {
         }
         let timer_wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
+            writes: GroupCommit::start(store.clone()),
             store,
             state: Mutex::new(state),
             counters: Counters::default(),
@@ -292,11 +297,13 @@ impl Shared {
         let mut first_error = None;
         for op in ops {
             let result = match op {
-                StoreOp::Delete(name) => self
-                    .store
-                    .delete(&store_key(&name), Precondition::None)
-                    .await
-                    .map(|_| ()),
+                StoreOp::Delete(name) => match self.writes.delete(store_key(&name)).await {
+                    Ok(()) => Ok(()),
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                        continue;
+                    }
+                },
                 StoreOp::Update(name, record) => match serde_json::to_value(&record) {
                     Ok(value) => self
                         .store
@@ -520,11 +527,12 @@ impl WorkQueue for InProcessQueue {
             store_name: store_name(group, seq, msg_id),
         };
         let written = match serde_json::to_value(Record::new(group, seq, &message)) {
-            Ok(value) => shared
-                .store
-                .put(&store_key(&message.store_name), &value, Precondition::None)
-                .await
-                .map_err(QueueError::from),
+            Ok(value) => {
+                shared
+                    .writes
+                    .put(store_key(&message.store_name), value)
+                    .await
+            }
             Err(err) => Err(QueueError::Internal(err.to_string())),
         };
 

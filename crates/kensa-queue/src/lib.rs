@@ -49,6 +49,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kensa_store::{Store, StoreError};
 
+mod group_commit;
 pub mod in_process;
 pub mod jetstream;
 

@@ -86,6 +86,9 @@ pub const CASES: &[(&str, Case)] = &[
     ("delete_prefix_removes_only_matches", |store| {
         Box::pin(delete_prefix_removes_only_matches(store))
     }),
+    ("delete_all_removes_the_existing_keys_at_once", |store| {
+        Box::pin(delete_all_removes_the_existing_keys_at_once(store))
+    }),
     ("count_in_namespace_counts_every_kind", |store| {
         Box::pin(count_in_namespace_counts_every_kind(store))
     }),
@@ -196,6 +199,7 @@ macro_rules! store_conformance_tests {
             list_one_namespace_or_all,
             list_rejects_invalid_tokens,
             delete_prefix_removes_only_matches,
+            delete_all_removes_the_existing_keys_at_once,
             count_in_namespace_counts_every_kind,
             put_all_is_atomic_and_consecutive,
             put_all_keeps_the_last_write_of_a_key,
@@ -770,6 +774,46 @@ pub async fn delete_prefix_removes_only_matches(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_some());
+}
+
+pub async fn delete_all_removes_the_existing_keys_at_once(store: Arc<dyn Store>) {
+    // More keys than one multi-row statement takes, to cross a chunk boundary.
+    let doomed: Vec<Key> = (0..70)
+        .map(|i| key("kensa.queue", "", &format!("m-{i:03}")))
+        .collect();
+    let survivor = key("kensa.queue", "", "m-keep");
+    let mut items: Vec<(Key, Value)> = doomed.iter().map(|k| (k.clone(), json!({}))).collect();
+    items.push((survivor.clone(), json!({"keep": true})));
+    store.put_all(&items).await.unwrap();
+    let before = store.revision().await.unwrap();
+
+    // Missing keys are skipped, a key listed twice is deleted once, order does not matter.
+    let mut asked: Vec<Key> = doomed.iter().rev().cloned().collect();
+    asked.push(doomed[0].clone());
+    asked.push(key("kensa.queue", "", "never-written"));
+    assert_eq!(store.delete_all(&asked).await.unwrap(), 70);
+    for key in &doomed {
+        assert_eq!(store.get(key).await.unwrap(), None, "{key}");
+    }
+    assert!(store.get(&survivor).await.unwrap().is_some());
+    // One revision per deletion, densely, each in the change feed.
+    assert_eq!(store.revision().await.unwrap(), before + 70);
+    let changes = store.changes_since(before, 0).await.unwrap();
+    assert_eq!(changes.len(), 70);
+    let mut deleted: Vec<Key> = Vec::new();
+    for (offset, change) in changes.into_iter().enumerate() {
+        assert_eq!(change.revision, before + 1 + offset as i64);
+        assert_eq!(change.op, ChangeOp::Delete);
+        assert_eq!(change.value, None);
+        deleted.push(change.key);
+    }
+    deleted.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(deleted, doomed);
+
+    // Nothing left to delete: no revision used.
+    assert_eq!(store.delete_all(&doomed).await.unwrap(), 0);
+    assert_eq!(store.delete_all(&[]).await.unwrap(), 0);
+    assert_eq!(store.revision().await.unwrap(), before + 70);
 }
 
 pub async fn count_in_namespace_counts_every_kind(store: Arc<dyn Store>) {

@@ -221,6 +221,12 @@ pub trait Store: Send + Sync + 'static {
     /// must never half-apply.
     async fn put_all(&self, items: &[(Key, Value)]) -> Result<()>;
 
+    /// Deletes those of `keys` that exist, atomically (all or none); missing keys are skipped
+    /// (listing a key twice deletes it once). Each deletion gets its own revision and
+    /// change-feed entry. Returns how many were deleted. For writers that batch
+    /// many small deletions into one transaction (the in-process queue's acknowledgements).
+    async fn delete_all(&self, keys: &[Key]) -> Result<u64>;
+
     /// The current (highest) revision.
     async fn revision(&self) -> Result<i64>;
 

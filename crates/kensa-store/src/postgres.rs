@@ -417,6 +417,49 @@ async fn delete_prefix_in(
     })
 }
 
+/// [`Store::delete_all`] inside the write transaction: like [`delete_prefix_in`], the counter
+/// is locked first and advanced by the count at the end.
+async fn delete_all_in(conn: &mut PgConnection, keys: &[Key]) -> Result<Written<u64>> {
+    let subject = format!("delete_all of {} keys", keys.len());
+    let base: i64 = sqlx::query_scalar("SELECT revision FROM store_revision FOR UPDATE")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(&subject, err))?;
+    let kinds: Vec<&str> = keys.iter().map(|key| key.kind.as_str()).collect();
+    let namespaces: Vec<&str> = keys.iter().map(|key| key.namespace.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|key| key.name.as_str()).collect();
+    let deleted = sqlx::query(
+        "WITH deleted AS (DELETE FROM resources r \
+         USING (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[], $3::text[])) AS k(kind, namespace, name) \
+         WHERE r.kind = k.kind AND r.namespace = k.namespace AND r.name = k.name \
+         RETURNING r.kind, r.namespace, r.name) \
+         INSERT INTO changes (revision, op, kind, namespace, name, value) \
+         SELECT $4 + row_number() OVER (ORDER BY kind, namespace, name), 'delete', kind, namespace, name, NULL \
+         FROM deleted",
+    )
+    .bind(&kinds)
+    .bind(&namespaces)
+    .bind(&names)
+    .bind(base)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(&subject, err))?
+    .rows_affected();
+    if deleted == 0 {
+        return Ok(Written {
+            value: 0,
+            last_revision: None,
+        });
+    }
+    let count = i64::try_from(deleted)
+        .map_err(|_| StoreError::Internal(format!("{subject}: too many rows")))?;
+    allocate_revisions(conn, count).await?;
+    Ok(Written {
+        value: deleted,
+        last_revision: Some(base + count),
+    })
+}
+
 async fn put_all_in(conn: &mut PgConnection, items: &[(&Key, String)]) -> Result<Written<()>> {
     let count = i64::try_from(items.len())
         .map_err(|_| StoreError::Internal("put_all: too many items".to_owned()))?;
@@ -670,6 +713,15 @@ impl Store for PostgresStore {
             .collect();
         let mut tx = self.begin_write().await?;
         let outcome = put_all_in(&mut tx, &encoded).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn delete_all(&self, keys: &[Key]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let outcome = delete_all_in(&mut tx, keys).await;
         self.finish(tx, outcome).await
     }
 

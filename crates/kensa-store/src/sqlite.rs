@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteRow, SqliteSynchronous, SqliteTransactionManager,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction, TransactionManager};
 
 use crate::sql::{self, RevisionSignal};
 use crate::{
@@ -139,11 +139,31 @@ impl SqliteStore {
     /// Takes the write lock: `BEGIN IMMEDIATE` acquires SQLite's write lock at once, so a
     /// transaction never reads under a shared lock and then fails to upgrade it (which busy
     /// waiting cannot resolve) if another process writes the file.
+    ///
+    /// sqlx creates the transaction object one await after its `BEGIN` ran: a write whose
+    /// future is dropped right there (a caller's timeout) leaves the writer connection inside
+    /// a transaction nobody will end, and every later `BEGIN IMMEDIATE` fails. Such a
+    /// transaction has run nothing but `BEGIN`, so rolling it back loses nothing.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|err| sql::translate(&"begin write", err))
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!("the store's writer connection was left inside an abandoned transaction; rolling it back");
+                let mut conn = self
+                    .writer
+                    .acquire()
+                    .await
+                    .map_err(|err| sql::translate(&"begin write", err))?;
+                <SqliteTransactionManager as TransactionManager>::rollback(&mut *conn)
+                    .await
+                    .map_err(|err| sql::translate(&"begin write", err))?;
+                drop(conn);
+                self.writer
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(|err| sql::translate(&"begin write", err))
+            }
+            other => other.map_err(|err| sql::translate(&"begin write", err)),
+        }
     }
 
     /// Commits `outcome`'s transaction (or rolls it back on error) and wakes waiters with the
@@ -371,6 +391,69 @@ async fn delete_prefix_in(
     Ok(Written {
         value: deleted,
         last_revision: Some(base + count),
+    })
+}
+
+/// [`Store::delete_all`] inside the write transaction, a chunk of keys at a time: under the
+/// write lock the rows logged are exactly the rows deleted next (as in [`delete_prefix_in`]).
+async fn delete_all_in(conn: &mut SqliteConnection, keys: &[Key]) -> Result<Written<u64>> {
+    let subject = format!("delete_all of {} keys", keys.len());
+    let mut base: i64 = sqlx::query_scalar("SELECT revision FROM store_revision WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| sql::translate(&subject, err))?;
+    let mut total = 0u64;
+    let mut offset = 0;
+    for rows in sql::chunk_sizes(keys.len()) {
+        let chunk = &keys[offset..offset + rows];
+        offset += rows;
+        let push_keys = |query: &mut QueryBuilder<'_, Sqlite>| {
+            query.push(" WHERE (kind, namespace, name) IN (");
+            query.push_values(chunk, |mut row, key| {
+                row.push_bind(key.kind.clone())
+                    .push_bind(key.namespace.clone())
+                    .push_bind(key.name.clone());
+            });
+            query.push(")");
+        };
+        let mut log = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO changes (revision, op, kind, namespace, name, value) SELECT ",
+        );
+        log.push_bind(base).push(
+            " + ROW_NUMBER() OVER (ORDER BY kind, namespace, name), 'delete', kind, namespace, name, NULL FROM resources",
+        );
+        push_keys(&mut log);
+        let logged = log
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?
+            .rows_affected();
+        if logged == 0 {
+            continue;
+        }
+        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM resources");
+        push_keys(&mut delete);
+        let deleted = delete
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?
+            .rows_affected();
+        if deleted != logged {
+            return Err(StoreError::Internal(format!(
+                "{subject}: logged {logged} deletions but deleted {deleted} rows"
+            )));
+        }
+        let count = i64::try_from(deleted)
+            .map_err(|_| StoreError::Internal(format!("{subject}: too many rows")))?;
+        allocate_revisions(conn, count).await?;
+        base += count;
+        total += deleted;
+    }
+    Ok(Written {
+        value: total,
+        last_revision: (total > 0).then_some(base),
     })
 }
 
@@ -614,6 +697,15 @@ impl Store for SqliteStore {
         self.finish(tx, outcome).await
     }
 
+    async fn delete_all(&self, keys: &[Key]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let outcome = delete_all_in(&mut tx, keys).await;
+        self.finish(tx, outcome).await
+    }
+
     async fn revision(&self) -> Result<i64> {
         sqlx::query_scalar("SELECT revision FROM store_revision WHERE id = 1")
             .fetch_one(&self.readers)
@@ -778,6 +870,42 @@ mod tests {
                 .unwrap(),
             revision + 1
         );
+    }
+
+    /// What a write cancelled right after its `BEGIN` leaves behind (sqlx has run `BEGIN` but
+    /// no transaction object exists to end it): the next writes still succeed.
+    #[tokio::test]
+    async fn writes_survive_a_transaction_abandoned_after_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("kensa.db"))
+            .await
+            .unwrap();
+        let key = Key::new("checks", "default", "web");
+        store.create(&key, &serde_json::json!({})).await.unwrap();
+        {
+            let mut conn = store.writer.acquire().await.unwrap();
+            <SqliteTransactionManager as TransactionManager>::begin(&mut *conn, None)
+                .await
+                .unwrap();
+            // Back to the pool inside the transaction.
+        }
+        let revision = store
+            .put(
+                &key,
+                &serde_json::json!({"after": true}),
+                Precondition::None,
+            )
+            .await
+            .expect("a write after the abandoned transaction");
+        let stored = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(stored.revision, revision);
+        assert_eq!(stored.value, serde_json::json!({"after": true}));
+        // And it is committed: a reopened store sees it.
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("kensa.db"))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&key).await.unwrap().unwrap().revision, revision);
     }
 
     #[tokio::test]

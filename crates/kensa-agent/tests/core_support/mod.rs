@@ -184,7 +184,7 @@ impl Session {
         loop {
             match self.next().await.expect("session open") {
                 AgentMessage::Keepalive(event) => return *event,
-                AgentMessage::Event(_) => continue,
+                AgentMessage::Event(_) | AgentMessage::Refused(_) => continue,
             }
         }
     }
@@ -193,7 +193,7 @@ impl Session {
         loop {
             match self.next().await.expect("session open") {
                 AgentMessage::Event(event) => return *event,
-                AgentMessage::Keepalive(_) => continue,
+                AgentMessage::Keepalive(_) | AgentMessage::Refused(_) => continue,
             }
         }
     }

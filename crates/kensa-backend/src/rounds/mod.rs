@@ -68,6 +68,8 @@ pub const GRACE_MS: i64 = 2_000;
 const MAX_DELIVER: u32 = 10;
 /// How long an agent that let a round time out gets no new rounds of that group.
 const QUARANTINE_MS: i64 = 30_000;
+/// How long an agent that refused a round gets no new rounds of that group.
+const REFUSAL_QUARANTINE_MS: i64 = 5_000;
 /// How often in-flight rounds are checked for deadlines and progress.
 const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Completed round ids remembered to ack redeliveries without another execution.
@@ -354,6 +356,47 @@ impl RoundRobin {
         }
     }
 
+    /// The agent of `session` refused round `round_id` (a `refused` message): release its
+    /// delivery at once so the queue hands the round to another agent, and give that agent
+    /// no rounds of the group for a moment. Unknown rounds (already released, delivered by
+    /// another backend) are ignored.
+    pub fn refused(&self, session: SessionId, round_id: &str) {
+        let now = now_ms();
+        let released = {
+            let mut guard = self.shared.lock();
+            let state = &mut *guard;
+            let Some(flights) = state.in_flight.get_mut(round_id) else {
+                return;
+            };
+            let Some(index) = flights.iter().position(|f| f.session == session) else {
+                return;
+            };
+            let flight = flights.swap_remove(index);
+            if flights.is_empty() {
+                state.in_flight.remove(round_id);
+            }
+            state.release_hold(&flight);
+            if let Some(group_state) = state.groups.get_mut(&flight.group) {
+                if let Some(member) = group_state.members.get_mut(&session) {
+                    member.quarantined_until = now + REFUSAL_QUARANTINE_MS;
+                }
+                group_state.free.push_back(session);
+            }
+            flight
+        };
+        self.shared
+            .telemetry
+            .rounds_refused
+            .get_or_create(&RoundLabels::new(
+                &released.group.namespace,
+                &released.group.subscription,
+            ))
+            .inc();
+        self.shared.slots_freed.notify_waiters();
+        tracing::info!(agent = %released.agent, round = %released.round.id, "agent refused a round; it goes to another agent");
+        spawn_nak(released.delivery);
+    }
+
     /// The queue, for `/health`.
     pub fn queue(&self) -> &Arc<dyn WorkQueue> {
         &self.shared.queue
@@ -367,6 +410,16 @@ pub async fn settle_duplicates(mut rounds_rx: mpsc::Receiver<String>, rounds: Ro
         if let Some(round) = RoundRef::parse(&id) {
             rounds.settle(&round);
         }
+    }
+}
+
+/// Releases the rounds agents refused ([`RoundRobin::refused`]).
+pub async fn release_refused(
+    mut refusals: mpsc::Receiver<crate::agentd::RefusedRound>,
+    rounds: RoundRobin,
+) {
+    while let Some(refusal) = refusals.recv().await {
+        rounds.refused(refusal.session, &refusal.round);
     }
 }
 
@@ -674,28 +727,38 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
         spawn_nak_after(delivery, Duration::from_millis((until - now) as u64));
         return;
     }
-    // An agent runs one execution of a check at a time: hand the round to an agent that is
-    // not running this check, or put it back for a moment.
+    // An agent runs one execution of a check at a time, and one that was quarantined while
+    // this pull waited (it refused or timed out a round) gets none: hand the round to another
+    // agent, or put it back for a moment.
     let key = execution_key(&round);
     let chosen = {
         let mut guard = shared.lock();
         let state = &mut *guard;
-        if !state.holding.contains(&(session, key.clone())) {
-            Some(session)
-        } else {
-            let holding = &state.holding;
-            state.groups.get_mut(group).and_then(|group_state| {
-                let position = group_state.free.iter().position(|id| {
-                    !holding.contains(&(*id, key.clone()))
-                        && group_state
-                            .members
-                            .get(id)
-                            .is_some_and(|member| member.quarantined_until <= now)
-                })?;
-                let other = group_state.free.remove(position)?;
-                group_state.free.push_front(session);
-                Some(other)
-            })
+        let holding = &state.holding;
+        let available = |group_state: &GroupState, id: &SessionId| {
+            !holding.contains(&(*id, key.clone()))
+                && group_state
+                    .members
+                    .get(id)
+                    .is_some_and(|member| member.quarantined_until <= now)
+        };
+        match state.groups.get_mut(group) {
+            Some(group_state) if available(group_state, &session) => Some(session),
+            Some(group_state) => {
+                match group_state
+                    .free
+                    .iter()
+                    .position(|id| available(group_state, id))
+                {
+                    Some(position) => {
+                        let other = group_state.free.remove(position);
+                        group_state.free.push_front(session);
+                        other
+                    }
+                    None => None,
+                }
+            }
+            None => (!holding.contains(&(session, key.clone()))).then_some(session),
         }
     };
     let Some(session) = chosen else {
