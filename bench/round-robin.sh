@@ -15,7 +15,8 @@
 # and the CPU seconds of the backend and of nats-server over the measurement.
 # Every process and directory this script creates is removed on exit.
 #
-# Knobs: QUEUES="in-process nats", CHECKS=2000, AGENTS=50, DURATION=60, WARMUP=15,
+# Knobs: QUEUES="in-process nats", CHECKS=2000, AGENTS=50, DURATION=60, WARMUP=15, RESULTS_TAG
+# (appended to the file name), BACKEND_BIN / LOADGEN_BIN (other binaries than the release builds),
 # DRAIN=15, SKIP_BUILD=1, CARGO_TARGET_DIR (default <repo>/target), NATS_SERVER
 # (default nats-server from PATH).
 set -euo pipefail
@@ -86,7 +87,7 @@ run_queue() {
     agent_port=$(free_port "$api_port")
     local api_url="http://127.0.0.1:$api_port"
     log "$queue: starting kensa-backend (log: $STATE_DIR/backend.log)"
-    "$TARGET_DIR/release/kensa-backend" start \
+    "${BACKEND_BIN:-$TARGET_DIR/release/kensa-backend}" start \
         --state-dir "$STATE_DIR" \
         --api-listen-address "127.0.0.1:$api_port" \
         --agent-host 127.0.0.1 --agent-port "$agent_port" \
@@ -106,9 +107,9 @@ run_queue() {
         sed 's/.*"access_token":"\([^"]*\)".*/\1/')
 
     # The simulated agents connect first, so the first rounds find them.
-    local out="$RESULTS/round-robin-$queue.json"
+    local out="$RESULTS/round-robin-$queue${RESULTS_TAG:-}.json"
     local status=0
-    KENSA_LOADGEN_AGENT_PASSWORD="$ADMIN_PASSWORD" "$TARGET_DIR/release/kensa-loadgen" agents \
+    KENSA_LOADGEN_AGENT_PASSWORD="$ADMIN_PASSWORD" "${LOADGEN_BIN:-$TARGET_DIR/release/kensa-loadgen}" agents \
         --agent-url "ws://127.0.0.1:$agent_port" \
         --agents "$AGENTS" --checks 0 --answer-requests --subscriptions rr \
         --window 100000 \

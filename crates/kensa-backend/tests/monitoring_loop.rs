@@ -144,6 +144,19 @@ impl Loop {
         );
     }
 
+    /// Ad hoc execution of the check `name` (`POST …/execute`).
+    async fn execute(&self, name: &str) {
+        expect(
+            self.client
+                .post(
+                    &format!("namespaces/default/checks/{name}/execute"),
+                    &json!({"check": name}),
+                )
+                .await,
+            202,
+        );
+    }
+
     async fn event(
         &self,
         entity: &str,
@@ -784,15 +797,7 @@ async fn each_round_robin_round_runs_on_exactly_one_agent_and_spreads_over_them(
         "publish": false,
     }))
     .await;
-    expect(
-        lp.client
-            .post(
-                "namespaces/default/checks/on-demand/execute",
-                &json!({"check": "on-demand"}),
-            )
-            .await,
-        202,
-    );
+    lp.execute("on-demand").await;
     wait_handled(&file, Duration::from_secs(10), |e| {
         check_name(e) == "on-demand"
     })
@@ -827,15 +832,7 @@ async fn a_round_an_agent_refuses_goes_to_another_agent_at_once() {
         "publish": false,
     }))
     .await;
-    expect(
-        lp.client
-            .post(
-                "namespaces/default/checks/probe/execute",
-                &json!({"check": "probe"}),
-            )
-            .await,
-        202,
-    );
+    lp.execute("probe").await;
     let request = loop {
         match busy.next(Duration::from_secs(10)).await {
             Some(BackendMessage::CheckRequest(request)) => break request,

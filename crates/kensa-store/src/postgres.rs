@@ -402,6 +402,17 @@ async fn delete_prefix_in(
         .await
         .map_err(|err| sql::translate(&subject, err))?
         .rows_affected();
+    deletions_logged(conn, &subject, base, deleted).await
+}
+
+/// After a statement deleted `deleted` rows and logged them as revisions `base + 1…` (with the
+/// counter locked since `base` was read): advances the counter past them.
+async fn deletions_logged(
+    conn: &mut PgConnection,
+    subject: &str,
+    base: i64,
+    deleted: u64,
+) -> Result<Written<u64>> {
     if deleted == 0 {
         return Ok(Written {
             value: 0,
@@ -445,19 +456,7 @@ async fn delete_all_in(conn: &mut PgConnection, keys: &[Key]) -> Result<Written<
     .await
     .map_err(|err| sql::translate(&subject, err))?
     .rows_affected();
-    if deleted == 0 {
-        return Ok(Written {
-            value: 0,
-            last_revision: None,
-        });
-    }
-    let count = i64::try_from(deleted)
-        .map_err(|_| StoreError::Internal(format!("{subject}: too many rows")))?;
-    allocate_revisions(conn, count).await?;
-    Ok(Written {
-        value: deleted,
-        last_revision: Some(base + count),
-    })
+    deletions_logged(conn, &subject, base, deleted).await
 }
 
 async fn put_all_in(conn: &mut PgConnection, items: &[(&Key, String)]) -> Result<Written<()>> {

@@ -345,16 +345,39 @@ async fn delete_prefix_in(
         .fetch_one(&mut *conn)
         .await
         .map_err(|err| sql::translate(&subject, err))?;
+    let push_rows = |query: &mut QueryBuilder<'_, Sqlite>| {
+        query
+            .push(" WHERE kind = ")
+            .push_bind(kind.to_owned())
+            .push(" AND namespace = ")
+            .push_bind(namespace.to_owned());
+        push_name_prefix(query, name_prefix);
+    };
+    let deleted = log_and_delete(conn, &subject, base, "name", push_rows).await?;
+    Ok(Written {
+        value: deleted as u64,
+        last_revision: (deleted > 0).then_some(base + deleted),
+    })
+}
+
+/// Logs a deletion of every `resources` row `push_rows` selects (a `WHERE` clause) — revisions
+/// `base + 1…` in `order` — deletes those rows and allocates the revisions. Under the write
+/// lock nothing else changes `resources` in between, so the rows logged are exactly the rows
+/// deleted. Returns how many.
+async fn log_and_delete(
+    conn: &mut SqliteConnection,
+    subject: &str,
+    base: i64,
+    order: &str,
+    push_rows: impl Fn(&mut QueryBuilder<'_, Sqlite>),
+) -> Result<i64> {
     let mut log = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO changes (revision, op, kind, namespace, name, value) \
-         SELECT ",
+        "INSERT INTO changes (revision, op, kind, namespace, name, value) SELECT ",
     );
-    log.push_bind(base)
-        .push(" + ROW_NUMBER() OVER (ORDER BY name), 'delete', kind, namespace, name, NULL FROM resources WHERE kind = ")
-        .push_bind(kind.to_owned())
-        .push(" AND namespace = ")
-        .push_bind(namespace.to_owned());
-    push_name_prefix(&mut log, name_prefix);
+    log.push_bind(base).push(format!(
+        " + ROW_NUMBER() OVER (ORDER BY {order}), 'delete', kind, namespace, name, NULL FROM resources"
+    ));
+    push_rows(&mut log);
     let logged = log
         .build()
         .execute(&mut *conn)
@@ -362,17 +385,10 @@ async fn delete_prefix_in(
         .map_err(|err| sql::translate(&subject, err))?
         .rows_affected();
     if logged == 0 {
-        return Ok(Written {
-            value: 0,
-            last_revision: None,
-        });
+        return Ok(0);
     }
-    let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM resources WHERE kind = ");
-    delete
-        .push_bind(kind.to_owned())
-        .push(" AND namespace = ")
-        .push_bind(namespace.to_owned());
-    push_name_prefix(&mut delete, name_prefix);
+    let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM resources");
+    push_rows(&mut delete);
     let deleted = delete
         .build()
         .execute(&mut *conn)
@@ -388,10 +404,7 @@ async fn delete_prefix_in(
         .map_err(|_| StoreError::Internal(format!("{subject}: too many rows")))?;
     let first = allocate_revisions(conn, count).await?;
     debug_assert_eq!(first, base + 1);
-    Ok(Written {
-        value: deleted,
-        last_revision: Some(base + count),
-    })
+    Ok(count)
 }
 
 /// [`Store::delete_all`] inside the write transaction, a chunk of keys at a time: under the
@@ -402,12 +415,12 @@ async fn delete_all_in(conn: &mut SqliteConnection, keys: &[Key]) -> Result<Writ
         .fetch_one(&mut *conn)
         .await
         .map_err(|err| sql::translate(&subject, err))?;
-    let mut total = 0u64;
+    let first = base;
     let mut offset = 0;
     for rows in sql::chunk_sizes(keys.len()) {
         let chunk = &keys[offset..offset + rows];
         offset += rows;
-        let push_keys = |query: &mut QueryBuilder<'_, Sqlite>| {
+        let push_rows = |query: &mut QueryBuilder<'_, Sqlite>| {
             query.push(" WHERE (kind, namespace, name) IN (");
             query.push_values(chunk, |mut row, key| {
                 row.push_bind(key.kind.clone())
@@ -416,43 +429,11 @@ async fn delete_all_in(conn: &mut SqliteConnection, keys: &[Key]) -> Result<Writ
             });
             query.push(")");
         };
-        let mut log = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO changes (revision, op, kind, namespace, name, value) SELECT ",
-        );
-        log.push_bind(base).push(
-            " + ROW_NUMBER() OVER (ORDER BY kind, namespace, name), 'delete', kind, namespace, name, NULL FROM resources",
-        );
-        push_keys(&mut log);
-        let logged = log
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| sql::translate(&subject, err))?
-            .rows_affected();
-        if logged == 0 {
-            continue;
-        }
-        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM resources");
-        push_keys(&mut delete);
-        let deleted = delete
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| sql::translate(&subject, err))?
-            .rows_affected();
-        if deleted != logged {
-            return Err(StoreError::Internal(format!(
-                "{subject}: logged {logged} deletions but deleted {deleted} rows"
-            )));
-        }
-        let count = i64::try_from(deleted)
-            .map_err(|_| StoreError::Internal(format!("{subject}: too many rows")))?;
-        allocate_revisions(conn, count).await?;
-        base += count;
-        total += deleted;
+        base += log_and_delete(conn, &subject, base, "kind, namespace, name", push_rows).await?;
     }
+    let total = base - first;
     Ok(Written {
-        value: total,
+        value: total as u64,
         last_revision: (total > 0).then_some(base),
     })
 }
