@@ -210,6 +210,7 @@ pub async fn run(
     tasks.push(tokio::spawn(crate::rounds::release_refused(
         refusals_rx,
         rounds.clone(),
+        shutdown.child_token(),
     )));
     tasks.push(tokio::spawn(crate::rounds::tap(
         stored_rx,

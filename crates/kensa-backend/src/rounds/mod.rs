@@ -413,12 +413,19 @@ pub async fn settle_duplicates(mut rounds_rx: mpsc::Receiver<String>, rounds: Ro
     }
 }
 
-/// Releases the rounds agents refused ([`RoundRobin::refused`]).
+/// Releases the rounds agents refused ([`RoundRobin::refused`]) until `shutdown` (agent
+/// sessions, which hold the sending side, may outlive the backend's services).
 pub async fn release_refused(
     mut refusals: mpsc::Receiver<crate::agentd::RefusedRound>,
     rounds: RoundRobin,
+    shutdown: CancellationToken,
 ) {
-    while let Some(refusal) = refusals.recv().await {
+    loop {
+        let refusal = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            refusal = refusals.recv() => refusal,
+        };
+        let Some(refusal) = refusal else { return };
         rounds.refused(refusal.session, &refusal.round);
     }
 }
