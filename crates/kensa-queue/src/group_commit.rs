@@ -109,14 +109,9 @@ fn answer(waiters: Vec<oneshot::Sender<Result<(), QueueError>>>, result: Result<
     if let Err(err) = &result {
         tracing::warn!(writes = waiters.len(), "queue store write failed: {err}");
     }
+    let result = result.map_err(QueueError::from);
     for waiter in waiters {
         // A caller that went away (its future dropped) needs no answer.
-        let _ = waiter.send(match &result {
-            Ok(()) => Ok(()),
-            Err(StoreError::Unavailable(message)) => Err(QueueError::Unavailable(format!(
-                "store unavailable: {message}"
-            ))),
-            Err(other) => Err(QueueError::Internal(other.to_string())),
-        });
+        let _ = waiter.send(result.clone());
     }
 }

@@ -129,7 +129,7 @@ impl ConsumerSettings {
 }
 
 /// The queue's domain errors; driver and store errors are translated at the boundary.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("queue unavailable: {0}")]
     Unavailable(String),
