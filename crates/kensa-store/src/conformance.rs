@@ -89,6 +89,14 @@ pub const CASES: &[(&str, Case)] = &[
     ("delete_all_removes_the_existing_keys_at_once", |store| {
         Box::pin(delete_all_removes_the_existing_keys_at_once(store))
     }),
+    (
+        "put_each_skips_only_the_writes_whose_precondition_fails",
+        |store| {
+            Box::pin(put_each_skips_only_the_writes_whose_precondition_fails(
+                store,
+            ))
+        },
+    ),
     ("count_in_namespace_counts_every_kind", |store| {
         Box::pin(count_in_namespace_counts_every_kind(store))
     }),
@@ -200,6 +208,7 @@ macro_rules! store_conformance_tests {
             list_rejects_invalid_tokens,
             delete_prefix_removes_only_matches,
             delete_all_removes_the_existing_keys_at_once,
+            put_each_skips_only_the_writes_whose_precondition_fails,
             count_in_namespace_counts_every_kind,
             put_all_is_atomic_and_consecutive,
             put_all_keeps_the_last_write_of_a_key,
@@ -814,6 +823,82 @@ pub async fn delete_all_removes_the_existing_keys_at_once(store: Arc<dyn Store>)
     assert_eq!(store.delete_all(&doomed).await.unwrap(), 0);
     assert_eq!(store.delete_all(&[]).await.unwrap(), 0);
     assert_eq!(store.revision().await.unwrap(), before + 70);
+}
+
+pub async fn put_each_skips_only_the_writes_whose_precondition_fails(store: Arc<dyn Store>) {
+    let slot = |i: usize| key("kensa.rounds", "default", &format!("slot-{i}"));
+    let first = store
+        .create(&slot(0), &json!({"round": "r0"}))
+        .await
+        .unwrap();
+    let second = store
+        .create(&slot(1), &json!({"round": "r0"}))
+        .await
+        .unwrap();
+    let before = store.revision().await.unwrap();
+
+    let outcomes = store
+        .put_each(&[
+            // Matches: written.
+            (
+                slot(0),
+                json!({"round": "r1"}),
+                Precondition::Revision(first),
+            ),
+            // Stale revision: skipped.
+            (
+                slot(1),
+                json!({"round": "r1"}),
+                Precondition::Revision(second - 1),
+            ),
+            // Absent but must exist: skipped.
+            (slot(2), json!({"round": "r1"}), Precondition::MustExist),
+            // Unconditional: written.
+            (slot(3), json!({"round": "r1"}), Precondition::None),
+            // The first item changed slot 0: the same compare-and-set again conflicts.
+            (
+                slot(0),
+                json!({"round": "r2"}),
+                Precondition::Revision(first),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 5);
+    assert_eq!(outcomes[0], Ok(before + 1));
+    assert!(
+        matches!(outcomes[1], Err(StoreError::Conflict(_))),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(outcomes[2], Err(StoreError::NotFound(_))),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(outcomes[3], Ok(before + 2));
+    assert!(
+        matches!(outcomes[4], Err(StoreError::Conflict(_))),
+        "{:?}",
+        outcomes[4]
+    );
+
+    let value = |stored: Option<Stored>| stored.map(|stored| stored.value["round"].clone());
+    assert_eq!(value(store.get(&slot(0)).await.unwrap()), Some(json!("r1")));
+    assert_eq!(value(store.get(&slot(1)).await.unwrap()), Some(json!("r0")));
+    assert_eq!(value(store.get(&slot(2)).await.unwrap()), None);
+    assert_eq!(value(store.get(&slot(3)).await.unwrap()), Some(json!("r1")));
+    // Skipped writes use no revision and leave no change-feed entry.
+    assert_eq!(store.revision().await.unwrap(), before + 2);
+    let changed: Vec<Key> = store
+        .changes_since(before, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|change| change.key)
+        .collect();
+    assert_eq!(changed, vec![slot(0), slot(3)]);
+    assert_eq!(store.put_each(&[]).await.unwrap(), Vec::new());
 }
 
 pub async fn count_in_namespace_counts_every_kind(store: Arc<dyn Store>) {

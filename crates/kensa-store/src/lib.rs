@@ -31,6 +31,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub mod batched;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -177,7 +178,7 @@ pub struct KindChanges {
 }
 
 /// The store's domain errors; driver errors are translated at the boundary.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),
@@ -220,6 +221,14 @@ pub trait Store: Send + Sync + 'static {
     /// Applies several writes atomically: all or none. Used by bootstrap and by callers that
     /// must never half-apply.
     async fn put_all(&self, items: &[(Key, Value)]) -> Result<()>;
+
+    /// Applies each conditional write on its own terms, in one transaction: a write whose
+    /// precondition fails (`Conflict`, `AlreadyExists`, `NotFound` in its slot of the answer)
+    /// leaves the others standing. Returns one outcome per item, in order: the new revision or
+    /// why that write was skipped. `Err` (and nothing written) only when the transaction
+    /// itself failed. For writers that group many small compare-and-set writes into one
+    /// transaction (round-robin claims).
+    async fn put_each(&self, items: &[(Key, Value, Precondition)]) -> Result<Vec<Result<i64>>>;
 
     /// Deletes those of `keys` that exist, atomically (all or none); missing keys are skipped
     /// (listing a key twice deletes it once). Each deletion gets its own revision and

@@ -323,6 +323,61 @@ async fn put_in(
     })
 }
 
+/// `put_each` inside one transaction: the revision counter's row is locked first (as every
+/// writer does), so one read of the keys' revisions sees the latest committed state; then the
+/// accepted writes go as one `put_all`.
+async fn put_each_in(
+    conn: &mut PgConnection,
+    items: Vec<(&Key, String, Precondition)>,
+) -> Result<Written<Vec<Result<i64>>>> {
+    allocate_revisions(conn, 0).await?;
+    let keys: Vec<&Key> = items.iter().map(|(key, _, _)| *key).collect();
+    let current = revisions_of(conn, &keys).await?;
+    let plan = sql::PutEachPlan::new(items, current);
+    if plan.writes.is_empty() {
+        return Ok(Written {
+            value: plan.outcomes(0),
+            last_revision: None,
+        });
+    }
+    let count = plan.writes.len() as i64;
+    let written = put_all_in(conn, &plan.writes).await?;
+    let last = written.last_revision.unwrap_or_default();
+    Ok(Written {
+        value: plan.outcomes(last - count + 1),
+        last_revision: written.last_revision,
+    })
+}
+
+/// The current revisions of those of `keys` that exist.
+async fn revisions_of(conn: &mut PgConnection, keys: &[&Key]) -> Result<HashMap<Key, i64>> {
+    let kinds: Vec<&str> = keys.iter().map(|key| key.kind.as_str()).collect();
+    let namespaces: Vec<&str> = keys.iter().map(|key| key.namespace.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|key| key.name.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT kind, namespace, name, revision FROM resources \
+         WHERE (kind, namespace, name) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
+    )
+    .bind(&kinds)
+    .bind(&namespaces)
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(&format!("revisions of {} keys", keys.len()), err))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let key = Key::new(
+                row.get::<&str, _>(0),
+                row.get::<&str, _>(1),
+                row.get::<&str, _>(2),
+            );
+            (key, row.get::<i64, _>(3))
+        })
+        .collect())
+}
+
 async fn create_in(conn: &mut PgConnection, key: &Key, value_text: &str) -> Result<Written<i64>> {
     let revision = allocate_revisions(conn, 1).await?;
     if current_revision_of(conn, key).await?.is_some() {
@@ -712,6 +767,19 @@ impl Store for PostgresStore {
             .collect();
         let mut tx = self.begin_write().await?;
         let outcome = put_all_in(&mut tx, &encoded).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn put_each(&self, items: &[(Key, Value, Precondition)]) -> Result<Vec<Result<i64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded: Vec<(&Key, String, Precondition)> = items
+            .iter()
+            .map(|(key, value, precondition)| (key, sql::encode_value(value), *precondition))
+            .collect();
+        let mut tx = self.begin_write().await?;
+        let outcome = put_each_in(&mut tx, encoded).await;
         self.finish(tx, outcome).await
     }
 

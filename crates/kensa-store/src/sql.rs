@@ -46,6 +46,50 @@ pub(crate) fn chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
     )
 }
 
+/// What `put_each` writes and answers, decided from the current revisions of its keys (read
+/// inside the write transaction): the items whose precondition holds are written in order —
+/// the n-th of them at revision `first + n` — and the others are answered with the failed
+/// precondition. A key written by an earlier item of the same call counts as existing at a
+/// revision no caller can name, so a second compare-and-set of it in one call conflicts, as
+/// it would have one call later.
+pub(crate) struct PutEachPlan<'a> {
+    pub(crate) writes: Vec<(&'a Key, String)>,
+    /// Per item: the index of its write, or why it was skipped.
+    answers: Vec<Result<usize, StoreError>>,
+}
+
+/// The revision a key written earlier in the same `put_each` is known by: none a caller has.
+const WRITTEN_IN_THIS_CALL: i64 = -1;
+
+impl<'a> PutEachPlan<'a> {
+    pub(crate) fn new(
+        items: Vec<(&'a Key, String, Precondition)>,
+        mut current: std::collections::HashMap<Key, i64>,
+    ) -> PutEachPlan<'a> {
+        let mut writes = Vec::with_capacity(items.len());
+        let mut answers = Vec::with_capacity(items.len());
+        for (key, value_text, precondition) in items {
+            match check_precondition(key, current.get(key).copied(), precondition) {
+                Ok(()) => {
+                    current.insert(key.clone(), WRITTEN_IN_THIS_CALL);
+                    answers.push(Ok(writes.len()));
+                    writes.push((key, value_text));
+                }
+                Err(err) => answers.push(Err(err)),
+            }
+        }
+        PutEachPlan { writes, answers }
+    }
+
+    /// The answers once the writes got revisions `first`, `first + 1`, ….
+    pub(crate) fn outcomes(self, first: i64) -> Vec<Result<i64, StoreError>> {
+        self.answers
+            .into_iter()
+            .map(|answer| answer.map(|index| first + index as i64))
+            .collect()
+    }
+}
+
 /// `limit` as an SQL `LIMIT` argument. Lists fetch one row more than the page to learn whether
 /// a next page exists; saturating keeps an absurd `usize` from wrapping negative.
 pub(crate) fn sql_limit(rows: usize) -> i64 {

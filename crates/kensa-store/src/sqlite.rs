@@ -5,6 +5,7 @@
 //! separate pool and, thanks to WAL, never wait for the writer. `wait_for_change` is woken by
 //! this process's own commits and polls the revision for anyone else writing the file.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -281,6 +282,64 @@ async fn put_in(
         value: revision,
         last_revision: Some(revision),
     })
+}
+
+/// `put_each` inside the writer's transaction: one read of the keys' revisions, then the
+/// accepted writes as one `put_all` (a handful of statements for the whole batch).
+async fn put_each_in(
+    conn: &mut SqliteConnection,
+    items: Vec<(&Key, String, Precondition)>,
+) -> Result<Written<Vec<Result<i64>>>> {
+    let keys: Vec<&Key> = items.iter().map(|(key, _, _)| *key).collect();
+    let current = revisions_of(conn, &keys).await?;
+    let plan = sql::PutEachPlan::new(items, current);
+    if plan.writes.is_empty() {
+        return Ok(Written {
+            value: plan.outcomes(0),
+            last_revision: None,
+        });
+    }
+    let count = plan.writes.len() as i64;
+    let written = put_all_in(conn, &plan.writes).await?;
+    let last = written.last_revision.unwrap_or_default();
+    Ok(Written {
+        value: plan.outcomes(last - count + 1),
+        last_revision: written.last_revision,
+    })
+}
+
+/// The current revisions of those of `keys` that exist.
+async fn revisions_of(conn: &mut SqliteConnection, keys: &[&Key]) -> Result<HashMap<Key, i64>> {
+    let subject = format!("revisions of {} keys", keys.len());
+    let mut revisions = HashMap::with_capacity(keys.len());
+    let mut offset = 0;
+    for rows in sql::chunk_sizes(keys.len()) {
+        let chunk = &keys[offset..offset + rows];
+        offset += rows;
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "SELECT kind, namespace, name, revision FROM resources WHERE (kind, namespace, name) IN (",
+        );
+        select.push_values(chunk, |mut row, key| {
+            row.push_bind(key.kind.as_str())
+                .push_bind(key.namespace.as_str())
+                .push_bind(key.name.as_str());
+        });
+        select.push(")");
+        let found = select
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
+        for row in found {
+            let key = Key::new(
+                row.get::<&str, _>(0),
+                row.get::<&str, _>(1),
+                row.get::<&str, _>(2),
+            );
+            revisions.insert(key, row.get::<i64, _>(3));
+        }
+    }
+    Ok(revisions)
 }
 
 async fn create_in(
@@ -675,6 +734,19 @@ impl Store for SqliteStore {
             .collect();
         let mut tx = self.begin_write().await?;
         let outcome = put_all_in(&mut tx, &encoded).await;
+        self.finish(tx, outcome).await
+    }
+
+    async fn put_each(&self, items: &[(Key, Value, Precondition)]) -> Result<Vec<Result<i64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded: Vec<(&Key, String, Precondition)> = items
+            .iter()
+            .map(|(key, value, precondition)| (key, sql::encode_value(value), *precondition))
+            .collect();
+        let mut tx = self.begin_write().await?;
+        let outcome = put_each_in(&mut tx, encoded).await;
         self.finish(tx, outcome).await
     }
 

@@ -28,6 +28,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+
 use kensa_store::{Key, Store};
 use kensa_types::event_state::CheckState;
 use kensa_types::resources::silenced::Silenced;
@@ -240,7 +243,7 @@ impl Eventd {
             ttl: ttl.clone(),
             pipeline,
             duplicate_rounds,
-            round_slots: Default::default(),
+            round_slots: crate::rounds::record::SlotCache::batched(store.clone()),
             residents: residents.clone(),
             shared_store: settings.shared_store,
         });
@@ -415,22 +418,128 @@ struct Shard {
     writes: mpsc::Sender<WriteItem>,
 }
 
+/// A submission whose round-robin claim (if any) has been decided, in arrival order.
+type Claimed = (Submission, Option<kensa_store::Result<Claim>>);
+
+/// How many submissions may wait behind round-robin claims that run ahead of a shard's
+/// (sequential) processing.
+const CLAIMS_AHEAD: usize = 128;
+
 impl Shard {
+    /// Processes submissions one at a time, in arrival order. The one store write a
+    /// round-robin result needs before it can be processed (its claim) is started as soon as
+    /// the result arrives, so claims of many results share store transactions
+    /// ([`crate::rounds::record::SlotCache::batched`]) instead of each waiting for the
+    /// previous one; what arrives behind a pending claim waits for it (order is kept).
     async fn run(self, mut rx: mpsc::Receiver<Submission>, shutdown: CancellationToken) {
+        let mut ahead: FuturesOrdered<BoxFuture<'static, Claimed>> = FuturesOrdered::new();
+        let mut open = true;
         loop {
-            let submission = tokio::select! {
+            let (submission, claimed) = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
-                next = rx.recv() => match next {
-                    Some(s) => s,
-                    None => return,
+                Some(next) = ahead.next(), if !ahead.is_empty() => next,
+                next = rx.recv(), if open && ahead.len() < CLAIMS_AHEAD => match next {
+                    Some(submission) => match self.claim_ahead(submission, ahead.is_empty()) {
+                        Ok(pending) => {
+                            ahead.push_back(pending);
+                            continue;
+                        }
+                        Err(submission) => (submission, None),
+                    },
+                    None => {
+                        open = false;
+                        continue;
+                    }
                 },
+                else => return,
             };
+            if !self.handle(submission, claimed).await {
+                return;
+            }
+        }
+    }
+
+    /// Starts the round claim of a round-robin result. `Err`: nothing to claim and nothing
+    /// ahead (`nothing_ahead`), so the submission can be handled at once.
+    fn claim_ahead(
+        &self,
+        submission: Submission,
+        nothing_ahead: bool,
+    ) -> Result<BoxFuture<'static, Claimed>, Submission> {
+        let claim = match &submission.work {
+            Work::Result { event, origin, .. } => self.claim_input(event, origin),
+            _ => None,
+        };
+        match claim {
+            Some((round, period_ms, completion)) => {
+                // Spawned, not merely queued: a claim must progress while the shard awaits
+                // something else (a claim holding the store's writer would otherwise block
+                // the event writer the shard waits for).
+                let deps = self.deps.clone();
+                let claim = tokio::spawn(async move {
+                    crate::rounds::record::claim(
+                        deps.store.as_ref(),
+                        &deps.round_slots,
+                        &round,
+                        period_ms,
+                        &completion,
+                    )
+                    .await
+                });
+                Ok(Box::pin(async move {
+                    let claimed = claim.await.unwrap_or_else(|err| {
+                        Err(kensa_store::StoreError::Internal(format!(
+                            "round claim task failed: {err}"
+                        )))
+                    });
+                    (submission, Some(claimed))
+                }))
+            }
+            None if nothing_ahead => Err(submission),
+            None => Ok(Box::pin(std::future::ready((submission, None)))),
+        }
+    }
+
+    /// What claiming `event`'s round takes, when it is a valid round-robin result that is
+    /// not a re-sent copy of one already stored.
+    fn claim_input(
+        &self,
+        event: &Value,
+        origin: &Origin,
+    ) -> Option<(
+        crate::rounds::record::RoundRef,
+        i64,
+        crate::rounds::record::Completion,
+    )> {
+        let round = event["check"]["round"]
+            .as_str()
+            .and_then(crate::rounds::record::RoundRef::parse)?;
+        validate(event).ok()?;
+        let id = event["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+        if let Some(id) = id.filter(|_| matches!(origin, Origin::Agent(_))) {
+            let cache = self.cache.lock().expect("shard cache poisoned");
+            if cache.recent_set.contains(&id) {
+                return None;
+            }
+        }
+        let (period_ms, completion) = claim_completion(event, id, crate::api::now_unix());
+        Some((round, period_ms, completion))
+    }
+
+    /// Processes one submission; `false` once the writer has stopped.
+    async fn handle(
+        &self,
+        submission: Submission,
+        claimed: Option<kensa_store::Result<Claim>>,
+    ) -> bool {
+        {
             let item = match submission.work {
                 Work::Result {
                     event,
                     origin,
                     extra_writes,
-                } => self.process(event, origin, extra_writes).await,
+                } => self.process(event, origin, extra_writes, claimed).await,
                 Work::TtlExpired { key } => self.ttl_expired(key).await,
                 Work::Forget {
                     namespace,
@@ -448,10 +557,9 @@ impl Shard {
                     None
                 }
             };
-            if let Some(item) = item {
-                if self.writes.send(item).await.is_err() {
-                    return;
-                }
+            match item {
+                Some(item) => self.writes.send(item).await.is_ok(),
+                None => true,
             }
         }
     }
@@ -463,6 +571,7 @@ impl Shard {
         mut event: Value,
         origin: Origin,
         extra_writes: Vec<(Key, Value)>,
+        claimed: Option<kensa_store::Result<Claim>>,
     ) -> Option<WriteItem> {
         let now = crate::api::now_unix();
         let id = event["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
@@ -498,7 +607,11 @@ impl Shard {
             .as_str()
             .and_then(crate::rounds::record::RoundRef::parse)
         {
-            match self.claim_round(&round, &event, id, now).await {
+            let claimed = match claimed {
+                Some(claimed) => claimed,
+                None => self.claim_round(&round, &event, id, now).await,
+            };
+            match claimed {
                 Ok(Claim::First | Claim::Late) => {}
                 Ok(Claim::Duplicate) => {
                     // Another agent already completed this round: keep the second execution
@@ -629,18 +742,7 @@ impl Shard {
         id: Option<Uuid>,
         now: i64,
     ) -> kensa_store::Result<Claim> {
-        let check = &event["check"];
-        let completion = crate::rounds::record::Completion {
-            entity: event["entity"]["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            event_id: id.map(|id| id.to_string()).unwrap_or_default(),
-            status: check["status"].as_u64().unwrap_or(0) as u32,
-            executed: check["executed"].as_i64().unwrap_or(now),
-            now_ms: jiff::Timestamp::now().as_millisecond(),
-        };
-        let period_ms = crate::rounds::record::period_ms(check["interval"].as_u64().unwrap_or(0));
+        let (period_ms, completion) = claim_completion(event, id, now);
         crate::rounds::record::claim(
             self.deps.store.as_ref(),
             &self.deps.round_slots,
@@ -813,11 +915,32 @@ impl Shard {
         event["timestamp"] = json!(now);
         event["id"] = json!(Uuid::new_v4().to_string());
         self.deps.telemetry.ttl_failures.inc();
-        Box::pin(self.process(event, Origin::Internal, Vec::new())).await
+        Box::pin(self.process(event, Origin::Internal, Vec::new(), None)).await
     }
 }
 
 /// Sensu's `Event.Validate`: an entity and a check (or metrics), with names.
+/// The round period and the completion a round-robin result claims its round with.
+fn claim_completion(
+    event: &Value,
+    id: Option<Uuid>,
+    now: i64,
+) -> (i64, crate::rounds::record::Completion) {
+    let check = &event["check"];
+    let completion = crate::rounds::record::Completion {
+        entity: event["entity"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        event_id: id.map(|id| id.to_string()).unwrap_or_default(),
+        status: check["status"].as_u64().unwrap_or(0) as u32,
+        executed: check["executed"].as_i64().unwrap_or(now),
+        now_ms: jiff::Timestamp::now().as_millisecond(),
+    };
+    let period_ms = crate::rounds::record::period_ms(check["interval"].as_u64().unwrap_or(0));
+    (period_ms, completion)
+}
+
 fn validate(event: &Value) -> Result<(), String> {
     if event["entity"]["metadata"]["name"]
         .as_str()

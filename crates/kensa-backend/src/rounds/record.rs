@@ -17,6 +17,9 @@
 //! Invariant: a round is completed at most once; a result for a completed round is a duplicate
 //! unless it is the very event that completed it (an agent re-sending after a lost ack).
 
+use std::sync::Arc;
+
+use kensa_store::batched::BatchedPuts;
 use kensa_store::{Key, Precondition, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -202,15 +205,28 @@ pub enum Miss {
 /// The revision and round this backend last wrote to each slot: the common claim — a new
 /// round replacing the one this backend completed a ring ago — is then one conditional write
 /// instead of a read and a write. A stale entry only costs a failed write and the full path.
+///
+/// With [`SlotCache::batched`], those conditional writes share store transactions with the
+/// claims of other results arriving meanwhile ([`BatchedPuts`]).
 #[derive(Default)]
 pub struct SlotCache {
     slots: std::sync::Mutex<std::collections::HashMap<Key, (i64, String)>>,
+    puts: Option<BatchedPuts>,
 }
 
 /// Entries kept before the cache starts over (a few hundred bytes each).
 const SLOT_CACHE_LIMIT: usize = 500_000;
 
 impl SlotCache {
+    /// A cache whose claim writes go through one group-committing writer on `store` (start it
+    /// inside the Tokio runtime).
+    pub fn batched(store: Arc<dyn Store>) -> SlotCache {
+        SlotCache {
+            slots: Default::default(),
+            puts: Some(BatchedPuts::start(store)),
+        }
+    }
+
     fn get(&self, key: &Key) -> Option<(i64, String)> {
         self.slots
             .lock()
@@ -247,10 +263,12 @@ pub async fn claim(
             record.complete(result);
             let value = serde_json::to_value(&record)
                 .map_err(|err| StoreError::Internal(err.to_string()))?;
-            match store
-                .put(&key, &value, Precondition::Revision(revision))
-                .await
-            {
+            let precondition = Precondition::Revision(revision);
+            let written = match &cache.puts {
+                Some(puts) => puts.put(key.clone(), value, precondition).await,
+                None => store.put(&key, &value, precondition).await,
+            };
+            match written {
                 Ok(revision) => {
                     cache.set(key, revision, &round.id);
                     return Ok(Claim::First);
