@@ -861,10 +861,19 @@ pub async fn put_each_skips_only_the_writes_whose_precondition_fails(store: Arc<
                 json!({"round": "r2"}),
                 Precondition::Revision(first),
             ),
+            // Creates: slot 1 exists, slot 4 does not.
+            (slot(1), json!({"round": "r3"}), Precondition::Absent),
+            (slot(4), json!({"round": "r3"}), Precondition::Absent),
         ])
         .await
         .unwrap();
-    assert_eq!(outcomes.len(), 5);
+    assert_eq!(outcomes.len(), 7);
+    assert!(
+        matches!(outcomes[5], Err(StoreError::AlreadyExists(_))),
+        "{:?}",
+        outcomes[5]
+    );
+    assert_eq!(outcomes[6], Ok(before + 3));
     assert_eq!(outcomes[0], Ok(before + 1));
     assert!(
         matches!(outcomes[1], Err(StoreError::Conflict(_))),
@@ -888,8 +897,9 @@ pub async fn put_each_skips_only_the_writes_whose_precondition_fails(store: Arc<
     assert_eq!(value(store.get(&slot(1)).await.unwrap()), Some(json!("r0")));
     assert_eq!(value(store.get(&slot(2)).await.unwrap()), None);
     assert_eq!(value(store.get(&slot(3)).await.unwrap()), Some(json!("r1")));
+    assert_eq!(value(store.get(&slot(4)).await.unwrap()), Some(json!("r3")));
     // Skipped writes use no revision and leave no change-feed entry.
-    assert_eq!(store.revision().await.unwrap(), before + 2);
+    assert_eq!(store.revision().await.unwrap(), before + 3);
     let changed: Vec<Key> = store
         .changes_since(before, 0)
         .await
@@ -897,7 +907,7 @@ pub async fn put_each_skips_only_the_writes_whose_precondition_fails(store: Arc<
         .into_iter()
         .map(|change| change.key)
         .collect();
-    assert_eq!(changed, vec![slot(0), slot(3)]);
+    assert_eq!(changed, vec![slot(0), slot(3), slot(4)]);
     assert_eq!(store.put_each(&[]).await.unwrap(), Vec::new());
 }
 

@@ -95,6 +95,9 @@ pub enum Precondition {
     MustExist,
     /// Only if the resource exists at exactly this revision (else `NotFound`/`Conflict`).
     Revision(i64),
+    /// Only if the resource does not exist (else `AlreadyExists`): `create` as a precondition,
+    /// for [`Store::put_each`].
+    Absent,
 }
 
 /// What to list: one kind, in one namespace or in all, optionally only names starting with a
@@ -223,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     async fn put_all(&self, items: &[(Key, Value)]) -> Result<()>;
 
     /// Applies each conditional write on its own terms, in one transaction: a write whose
-    /// precondition fails (`Conflict`, `AlreadyExists`, `NotFound` in its slot of the answer)
+    /// precondition fails (`Conflict`, `NotFound`, `AlreadyExists` in its slot of the answer)
     /// leaves the others standing. Returns one outcome per item, in order: the new revision or
     /// why that write was skipped. `Err` (and nothing written) only when the transaction
     /// itself failed. For writers that group many small compare-and-set writes into one

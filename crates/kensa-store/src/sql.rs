@@ -224,6 +224,8 @@ pub(crate) fn check_precondition(
             Err(StoreError::NotFound(key.to_string()))
         }
         (Precondition::MustExist, Some(_)) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists(key.to_string())),
         (Precondition::Revision(expected), Some(actual)) if expected == actual => Ok(()),
         (Precondition::Revision(_), Some(_)) => Err(StoreError::Conflict(key.to_string())),
     }

@@ -59,7 +59,7 @@ const PUBLISH_CONCURRENCY: usize = 64;
 /// Pull loops per group on one backend (fewer while fewer agent slots are free). Each holds
 /// one pull request to the queue at a time: with 4 (and 2 slots per agent) a single node
 /// stopped near 600 rounds/s with the CPU half idle, waiting on round trips.
-const PULLERS_PER_GROUP: usize = 16;
+const PULLERS_PER_GROUP: usize = 32;
 /// Rounds one agent runs at once per group. A slot is freed only once the round's result is
 /// stored, so this also bounds the rounds per agent waiting on the event writer's commit.
 const SLOTS_PER_AGENT: usize = 8;

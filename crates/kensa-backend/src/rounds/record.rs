@@ -253,29 +253,39 @@ pub async fn claim(
     result: &Completion,
 ) -> Result<Claim, StoreError> {
     let key = round.slot_key(period_ms);
-    if let Some((revision, previous)) = cache.get(&key) {
-        if previous != round.id {
-            let mut record = RoundRecord {
-                round: round.id.clone(),
-                tick: round.tick_ms.unwrap_or(0),
-                ..RoundRecord::default()
-            };
-            record.complete(result);
-            let value = serde_json::to_value(&record)
-                .map_err(|err| StoreError::Internal(err.to_string()))?;
-            let precondition = Precondition::Revision(revision);
-            let written = match &cache.puts {
-                Some(puts) => puts.put(key.clone(), value, precondition).await,
-                None => store.put(&key, &value, precondition).await,
-            };
-            match written {
-                Ok(revision) => {
-                    cache.set(key, revision, &round.id);
-                    return Ok(Claim::First);
-                }
-                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
-                Err(err) => return Err(err),
+    // The common claims are one conditional write: a new round replacing the one this
+    // backend wrote to the slot a ring ago, or a slot this backend never wrote (most likely
+    // never written: the first ring of a check). Anything else, or a failed precondition,
+    // takes the full path below.
+    let fast = match cache.get(&key) {
+        Some((revision, previous)) if previous != round.id => {
+            Some(Precondition::Revision(revision))
+        }
+        Some(_) => None,
+        None => Some(Precondition::Absent),
+    };
+    if let Some(precondition) = fast {
+        let mut record = RoundRecord {
+            round: round.id.clone(),
+            tick: round.tick_ms.unwrap_or(0),
+            ..RoundRecord::default()
+        };
+        record.complete(result);
+        let value =
+            serde_json::to_value(&record).map_err(|err| StoreError::Internal(err.to_string()))?;
+        let written = match &cache.puts {
+            Some(puts) => puts.put(key.clone(), value, precondition).await,
+            None => store.put(&key, &value, precondition).await,
+        };
+        match written {
+            Ok(revision) => {
+                cache.set(key, revision, &round.id);
+                return Ok(Claim::First);
             }
+            Err(
+                StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::AlreadyExists(_),
+            ) => {}
+            Err(err) => return Err(err),
         }
     }
     for _ in 0..CAS_ATTEMPTS {
