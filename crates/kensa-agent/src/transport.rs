@@ -488,6 +488,7 @@ impl Session<'_> {
             last_traffic: last_traffic.clone(),
             first_config: Some(config_tx),
             priority: priority_tx.clone(),
+            retry_scheduled: Default::default(),
         };
         let mut tasks = SessionTasks {
             reader: Task::spawn(reader.run(stream)),
@@ -690,6 +691,8 @@ struct Reader {
     first_config: Option<oneshot::Sender<()>>,
     /// For refusals of round-robin requests.
     priority: mpsc::Sender<Message>,
+    /// Whether a re-send the backend asked for ([`kensa_proto::Ack::retry_after_ms`]) is due.
+    retry_scheduled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Reader {
@@ -733,11 +736,32 @@ impl Reader {
                 for rejected in &ack.rejected {
                     tracing::warn!(id = %rejected.id, reason = %rejected.reason, "the backend rejected an event; dropping it");
                 }
+                if ack.retry_after_ms > 0 {
+                    self.schedule_retry(Duration::from_millis(ack.retry_after_ms));
+                }
                 let mut ids = ack.ids;
                 ids.extend(ack.rejected.iter().map(|rejected| rejected.id));
                 self.outbox.remove(&ids).await;
             }
         }
+    }
+
+    /// The backend could not take some of the events sent so far: those still unacknowledged
+    /// after `after` (plus up to as much again of jitter, so that the agents of an overloaded
+    /// backend do not all come back at once) are sent again. One pending retry at a time.
+    fn schedule_retry(&self, after: Duration) {
+        use std::sync::atomic::Ordering;
+        if self.retry_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let jitter = after.mul_f64(rand::random::<f64>());
+        let (outbox, scheduled) = (self.outbox.clone(), self.retry_scheduled.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(after + jitter).await;
+            scheduled.store(false, Ordering::Release);
+            let released = outbox.release_overdue(after);
+            tracing::debug!(released, "re-sending events the backend asked for again");
+        });
     }
 
     fn check_request(&self, request: CheckRequest) {

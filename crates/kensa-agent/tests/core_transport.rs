@@ -169,6 +169,47 @@ async fn the_outbox_survives_an_agent_restart() {
     agent.stop().await;
 }
 
+/// An overloaded backend that left an event unacknowledged asks for it again
+/// (`retry_after_ms`): the agent re-sends it within the same session after that delay (plus
+/// jitter), instead of after its 30 s ack timeout or a reconnect.
+#[tokio::test]
+async fn a_backend_that_asks_for_a_retry_gets_the_unacknowledged_events_again_soon() {
+    let mut backend = FakeBackend::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let agent =
+        TestAgent::start(agent_args(&[&backend.url], cache.path()).resolve().unwrap()).await;
+    let mut session = backend.accept_ready().await;
+    agent
+        .agent
+        .outbox()
+        .push(local_event("deferred"))
+        .await
+        .unwrap();
+    let first = session.next_event().await;
+    let asked = std::time::Instant::now();
+    session
+        .send(BackendMessage::Ack(kensa_proto::Ack {
+            retry_after_ms: 300,
+            ..Default::default()
+        }))
+        .await;
+    let again = tokio::time::timeout(std::time::Duration::from_secs(5), session.next_event())
+        .await
+        .expect("the event is sent again within seconds, in the same session");
+    assert_eq!(again.id, first.id);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "not before the delay the backend asked for: {waited:?}"
+    );
+    session.ack(&again).await;
+    eventually("the acknowledged event is deleted", || {
+        stored_events(cache.path()) == 0
+    })
+    .await;
+    agent.stop().await;
+}
+
 #[tokio::test]
 async fn rejected_events_are_dropped() {
     let mut backend = FakeBackend::start().await;
@@ -184,6 +225,7 @@ async fn rejected_events_are_dropped() {
             id: event.id.unwrap(),
             reason: "check is invalid".into(),
         }],
+        ..Default::default()
     };
     session.send(BackendMessage::Ack(ack)).await;
     eventually("the rejected event is deleted", || {

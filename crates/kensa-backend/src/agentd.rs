@@ -59,6 +59,8 @@ const SOCKET_READ_BUFFER: usize = 8 * 1024;
 /// After eventd could not take one of a session's events, how long that session's further
 /// events are left unacknowledged without being parsed.
 const DEFER_WINDOW: Duration = Duration::from_millis(100);
+/// When an agent whose events were deferred is asked to send them again (it adds jitter).
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Most remembered credential digests before the cache is cleared.
 const AUTH_CACHE_LIMIT: usize = 100_000;
 
@@ -434,6 +436,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
                             .into_iter()
                             .map(|(id, reason)| Rejected { id, reason })
                             .collect(),
+                        retry_after_ms: batch.retry_after_ms,
                     })
                     .encode()
                     .into(),
@@ -576,13 +579,20 @@ fn handle_frame(
                     // spend its time parsing events it cannot take (re-sent bursts are many).
                     if agentd.eventd.try_submit(submission).is_err() {
                         *deferring_until = Some(Instant::now() + DEFER_WINDOW);
+                        // Tell the agent to send what it is missing acks for again soon, rather
+                        // than after its ack timeout (which made the ingest tail of a mass
+                        // connect tens of seconds). Full: the ack timeout still applies.
+                        let _ = acks.acks.try_send(AckBatch {
+                            retry_after_ms: RETRY_AFTER.as_millis() as u64,
+                            ..AckBatch::default()
+                        });
                     }
                 }
                 Err(err) => {
                     agentd.telemetry.events_rejected.inc();
                     let _ = acks.acks.try_send(AckBatch {
-                        ids: Vec::new(),
                         rejected: vec![(id, err.to_string())],
+                        ..AckBatch::default()
                     });
                 }
             }

@@ -1093,6 +1093,7 @@ async fn run_agent(agent: SimAgent, shared: Arc<Shared>) -> AgentReport {
                     pending: &mut pending,
                     answers: &mut answers,
                     sequence: &mut sequence,
+                    retry: None,
                 };
                 match session.drive(socket).await {
                     Ok(()) => {
@@ -1158,6 +1159,9 @@ struct Session<'a> {
     answers: &'a mut HashMap<String, Vec<AnswerTemplate>>,
     /// Results sent so far (drives the fixed rate and the status draws).
     sequence: &'a mut u64,
+    /// A re-send the backend asked for (`Ack::retry_after_ms`): when, and of the events sent
+    /// before which instant.
+    retry: Option<(Instant, Instant)>,
 }
 
 impl Session<'_> {
@@ -1263,16 +1267,12 @@ impl Session<'_> {
                 }
                 _ = resend_tick.tick(), if shared.resend_after.is_some() => {
                     let resend_after = shared.resend_after.unwrap_or(Duration::MAX);
-                    let now = Instant::now();
-                    let mut resent = 0;
-                    for event in self.pending.values_mut().filter(|e| now - e.last_sent >= resend_after) {
-                        write.feed(Message::Binary(event.frame.clone())).await.context("re-sending")?;
-                        event.last_sent = now;
-                        resent += 1;
-                    }
-                    if resent > 0 {
-                        write.flush().await.context("re-sending")?;
-                        self.report.resent += resent;
+                    let sent_before = Instant::now().checked_sub(resend_after).unwrap_or(session_start);
+                    self.resend(&mut write, sent_before).await?;
+                }
+                _ = sleep_until_opt(self.retry.map(|(due, _)| due)), if self.retry.is_some() => {
+                    if let Some((_, sent_before)) = self.retry.take() {
+                        self.resend(&mut write, sent_before).await?;
                     }
                 }
                 _ = send_gate, if sending && room > 0 && agent.checks > 0 => {
@@ -1310,6 +1310,33 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Sends again the pending events last sent at or before `sent_before`.
+    async fn resend(
+        &mut self,
+        write: &mut futures::stream::SplitSink<Socket, Message>,
+        sent_before: Instant,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut resent = 0;
+        for event in self
+            .pending
+            .values_mut()
+            .filter(|e| e.last_sent <= sent_before)
+        {
+            write
+                .feed(Message::Binary(event.frame.clone()))
+                .await
+                .context("re-sending")?;
+            event.last_sent = now;
+            resent += 1;
+        }
+        if resent > 0 {
+            write.flush().await.context("re-sending")?;
+            self.report.resent += resent;
+        }
+        Ok(())
+    }
+
     /// Handles one backend frame.
     async fn received(
         &mut self,
@@ -1322,6 +1349,17 @@ impl Session<'_> {
         let in_window = plan.is_some_and(|p| received >= p.measure_from && received < p.send_until);
         match message {
             BackendMessage::Ack(ack) => {
+                if ack.retry_after_ms > 0 && self.retry.is_none() {
+                    // As the agent does: after the delay plus up to as much again of jitter.
+                    let after = Duration::from_millis(ack.retry_after_ms);
+                    let roll = crate::api::splitmix64(
+                        (self.agent.index as u64)
+                            ^ received.elapsed().as_nanos() as u64
+                            ^ self.report.resent,
+                    );
+                    let jitter = after.mul_f64((roll >> 11) as f64 / (1u64 << 53) as f64);
+                    self.retry = Some((received + after + jitter, received));
+                }
                 for id in &ack.ids {
                     if let Some(event) = self.pending.remove(id) {
                         self.report.acked += 1;

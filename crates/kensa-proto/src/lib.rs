@@ -74,6 +74,16 @@ pub struct Ack {
     pub ids: Vec<Uuid>,
     /// Events refused for good (invalid): delete them too, and log the reason.
     pub rejected: Vec<Rejected>,
+    /// Non-zero: the backend was overloaded and left some of the events sent before this
+    /// frame unacknowledged. Those still unacknowledged this many milliseconds after the frame
+    /// arrived should be sent again then (with some jitter), instead of after the agent's ack
+    /// timeout. Absent from older backends' frames (0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retry_after_ms: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

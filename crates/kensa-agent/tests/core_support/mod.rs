@@ -159,7 +159,7 @@ impl Session {
     pub async fn ack(&mut self, event: &Event) {
         let ack = kensa_proto::Ack {
             ids: vec![event.id.expect("events have ids")],
-            rejected: Vec::new(),
+            ..Default::default()
         };
         self.send(BackendMessage::Ack(ack)).await;
     }

@@ -75,6 +75,9 @@ pub struct AckTarget {
 pub struct AckBatch {
     pub ids: Vec<Uuid>,
     pub rejected: Vec<(Uuid, String)>,
+    /// Non-zero: ask the agent to re-send its unacknowledged events after this long
+    /// ([`kensa_proto::Ack::retry_after_ms`]).
+    pub retry_after_ms: u64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -1085,8 +1088,8 @@ fn reject(origin: Origin, id: Option<Uuid>, reason: String) {
         Origin::Agent(target) => {
             if let Some(id) = id {
                 let _ = target.acks.try_send(AckBatch {
-                    ids: Vec::new(),
                     rejected: vec![(id, reason)],
+                    ..AckBatch::default()
                 });
             }
         }
@@ -1110,7 +1113,7 @@ fn complete_now(origin: Origin, id: Option<Uuid>) {
             if let Some(id) = id {
                 let _ = target.acks.try_send(AckBatch {
                     ids: vec![id],
-                    rejected: Vec::new(),
+                    ..AckBatch::default()
                 });
             }
         }

@@ -163,7 +163,7 @@ async fn complete(deps: &Deps, batch: Vec<WriteItem>) {
         // the duplicate is recognized by its id.
         let _ = target.acks.try_send(AckBatch {
             ids,
-            rejected: Vec::new(),
+            ..AckBatch::default()
         });
     }
     for event in processed {
