@@ -63,16 +63,8 @@ impl GroupCommit {
 }
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
-        commit(store.as_ref(), std::mem::take(&mut batch)).await;
+    while let Some(batch) = kensa_store::batched::next_batch(&mut rx, MAX_BATCH).await {
+        commit(store.as_ref(), batch).await;
     }
 }
 

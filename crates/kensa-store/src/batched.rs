@@ -54,17 +54,22 @@ impl BatchedPuts {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
+/// Waits for the next write, then takes every other one already waiting, up to `max`: the
+/// batch of a group commit. `None` once every sender is gone and nothing is left.
+pub async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
         }
-        let (items, waiters): (Vec<_>, Vec<_>) = std::mem::take(&mut batch)
+    }
+    Some(batch)
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
+        let (items, waiters): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|pending| {
                 (

@@ -331,21 +331,15 @@ async fn put_each_in(
     items: Vec<(&Key, String, Precondition)>,
 ) -> Result<Written<Vec<Result<i64>>>> {
     allocate_revisions(conn, 0).await?;
-    let keys: Vec<&Key> = items.iter().map(|(key, _, _)| *key).collect();
-    let current = revisions_of(conn, &keys).await?;
+    let current = revisions_of(conn, &sql::PutEachPlan::keys(&items)).await?;
     let plan = sql::PutEachPlan::new(items, current);
-    if plan.writes.is_empty() {
-        return Ok(Written {
-            value: plan.outcomes(0),
-            last_revision: None,
-        });
-    }
-    let count = plan.writes.len() as i64;
-    let written = put_all_in(conn, &plan.writes).await?;
-    let last = written.last_revision.unwrap_or_default();
+    let last_revision = match plan.writes.is_empty() {
+        true => None,
+        false => put_all_in(conn, &plan.writes).await?.last_revision,
+    };
     Ok(Written {
-        value: plan.outcomes(last - count + 1),
-        last_revision: written.last_revision,
+        value: plan.outcomes(last_revision),
+        last_revision,
     })
 }
 

@@ -81,8 +81,15 @@ impl<'a> PutEachPlan<'a> {
         PutEachPlan { writes, answers }
     }
 
-    /// The answers once the writes got revisions `first`, `first + 1`, ….
-    pub(crate) fn outcomes(self, first: i64) -> Vec<Result<i64, StoreError>> {
+    /// The keys of `items`, for reading their current revisions.
+    pub(crate) fn keys<'k>(items: &[(&'k Key, String, Precondition)]) -> Vec<&'k Key> {
+        items.iter().map(|(key, _, _)| *key).collect()
+    }
+
+    /// The answers once the writes were made, the last of them at `last_revision` (`None`:
+    /// nothing was written).
+    pub(crate) fn outcomes(self, last_revision: Option<i64>) -> Vec<Result<i64, StoreError>> {
+        let first = last_revision.unwrap_or_default() - self.writes.len() as i64 + 1;
         self.answers
             .into_iter()
             .map(|answer| answer.map(|index| first + index as i64))

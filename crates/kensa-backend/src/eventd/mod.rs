@@ -421,6 +421,13 @@ struct Shard {
     writes: mpsc::Sender<WriteItem>,
 }
 
+/// A round-robin result's round, its period and what it completes the round with.
+type ClaimInput = (
+    crate::rounds::record::RoundRef,
+    i64,
+    crate::rounds::record::Completion,
+);
+
 /// A submission whose round-robin claim (if any) has been decided, in arrival order.
 type Claimed = (Submission, Option<kensa_store::Result<Claim>>);
 
@@ -506,15 +513,7 @@ impl Shard {
 
     /// What claiming `event`'s round takes, when it is a valid round-robin result that is
     /// not a re-sent copy of one already stored.
-    fn claim_input(
-        &self,
-        event: &Value,
-        origin: &Origin,
-    ) -> Option<(
-        crate::rounds::record::RoundRef,
-        i64,
-        crate::rounds::record::Completion,
-    )> {
+    fn claim_input(&self, event: &Value, origin: &Origin) -> Option<ClaimInput> {
         let round = event["check"]["round"]
             .as_str()
             .and_then(crate::rounds::record::RoundRef::parse)?;
