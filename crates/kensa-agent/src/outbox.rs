@@ -144,6 +144,9 @@ fn parse_file_name(name: &str) -> Option<(u64, Uuid)> {
     Some((seq.parse().ok()?, Uuid::parse_str(id).ok()?))
 }
 
+/// How long opening an outbox waits for another agent's lock on it to go away.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 impl Outbox {
     /// Opens (creating it if needed) the outbox in `dir`, re-loading the events a previous run
     /// left unacknowledged and deleting half-written ones.
@@ -160,8 +163,15 @@ impl Outbox {
     fn open_blocking(dir: PathBuf, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
         fs::create_dir_all(&dir)?;
         let lock = File::create(dir.join(".lock"))?;
-        if lock.try_lock().is_err() {
-            return Err(OutboxError::Locked(dir));
+        // A previous agent on this cache-dir may still be finishing its shutdown (a restart in
+        // the same process, or a service manager that starts the next process early): wait a
+        // moment for its lock before giving up.
+        let waited_until = Instant::now() + LOCK_WAIT;
+        while lock.try_lock().is_err() {
+            if Instant::now() >= waited_until {
+                return Err(OutboxError::Locked(dir));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let mut state = State::default();
         for item in fs::read_dir(&dir)? {
@@ -496,6 +506,27 @@ mod tests {
         let body = frame.strip_prefix(b"event\n").expect("event frame");
         let event: Event = serde_json::from_slice(body).unwrap();
         event.check.unwrap().output
+    }
+
+    #[tokio::test]
+    async fn a_second_outbox_on_a_directory_waits_for_the_first_to_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Outbox::open(dir.path(), OutboxLimits::default())
+            .await
+            .unwrap();
+        // Held for good: refused after the wait.
+        let refused = Outbox::open(dir.path(), OutboxLimits::default()).await;
+        assert!(
+            matches!(refused, Err(OutboxError::Locked(_))),
+            "a second outbox on a held directory must be refused"
+        );
+        // Closed during the wait (an agent finishing its shutdown): opened.
+        let next = tokio::spawn(Outbox::open(dir.path().to_owned(), OutboxLimits::default()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(first);
+        next.await
+            .unwrap()
+            .expect("opened once the first outbox closed");
     }
 
     #[tokio::test]

@@ -535,34 +535,30 @@ impl Shard {
         submission: Submission,
         claimed: Option<kensa_store::Result<Claim>>,
     ) -> bool {
-        {
-            let item = match submission.work {
-                Work::Result {
-                    event,
-                    origin,
-                    extra_writes,
-                } => self.process(event, origin, extra_writes, claimed).await,
-                Work::TtlExpired { key } => self.ttl_expired(key).await,
-                Work::Forget {
-                    namespace,
-                    name_prefix,
-                    done,
-                } => {
-                    self.cache
-                        .lock()
-                        .expect("shard cache poisoned")
-                        .previous
-                        .retain(|(ns, name), _| {
-                            !(ns == &namespace && name.starts_with(&name_prefix))
-                        });
-                    let _ = done.send(());
-                    None
-                }
-            };
-            match item {
-                Some(item) => self.writes.send(item).await.is_ok(),
-                None => true,
+        let item = match submission.work {
+            Work::Result {
+                event,
+                origin,
+                extra_writes,
+            } => self.process(event, origin, extra_writes, claimed).await,
+            Work::TtlExpired { key } => self.ttl_expired(key).await,
+            Work::Forget {
+                namespace,
+                name_prefix,
+                done,
+            } => {
+                self.cache
+                    .lock()
+                    .expect("shard cache poisoned")
+                    .previous
+                    .retain(|(ns, name), _| !(ns == &namespace && name.starts_with(&name_prefix)));
+                let _ = done.send(());
+                None
             }
+        };
+        match item {
+            Some(item) => self.writes.send(item).await.is_ok(),
+            None => true,
         }
     }
 
