@@ -7,8 +7,8 @@
 //! outbox, and the session's next events for [`DEFER_WINDOW`] are left unacknowledged without
 //! being parsed (an overloaded backend otherwise spends its time parsing re-sent bursts it
 //! cannot take). An ack frame with `retry_after_ms` ([`RETRY_AFTER`]) asks the agent to send
-//! them again after that delay rather than after its ack timeout. So a backlog of events can never hold a keepalive back (reference §8.1). The
-//! **writer** drains three bounded queues, most urgent first: control frames (entity config),
+//! them again after that delay rather than after its ack timeout. So a backlog of events can
+//! never hold a keepalive back (reference §8.1). The **writer** drains three bounded queues, most urgent first: control frames (entity config),
 //! acknowledgements, then check requests (which the dispatcher drops for this agent only when
 //! its queue is full). A malformed or oversized frame closes the session with a logged reason.
 //!

@@ -302,6 +302,19 @@ async fn put_each_in(
     })
 }
 
+/// Appends ` WHERE (kind, namespace, name) IN (VALUES …)` for `keys` (a chunk of at most
+/// [`sql::MAX_ROWS_PER_INSERT`]).
+fn push_keys_in<K: std::borrow::Borrow<Key>>(query: &mut QueryBuilder<'_, Sqlite>, keys: &[K]) {
+    query.push(" WHERE (kind, namespace, name) IN (");
+    query.push_values(keys, |mut row, key| {
+        let key = key.borrow();
+        row.push_bind(key.kind.clone())
+            .push_bind(key.namespace.clone())
+            .push_bind(key.name.clone());
+    });
+    query.push(")");
+}
+
 /// The current revisions of those of `keys` that exist.
 async fn revisions_of(conn: &mut SqliteConnection, keys: &[&Key]) -> Result<HashMap<Key, i64>> {
     let subject = format!("revisions of {} keys", keys.len());
@@ -310,15 +323,9 @@ async fn revisions_of(conn: &mut SqliteConnection, keys: &[&Key]) -> Result<Hash
     for rows in sql::chunk_sizes(keys.len()) {
         let chunk = &keys[offset..offset + rows];
         offset += rows;
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "SELECT kind, namespace, name, revision FROM resources WHERE (kind, namespace, name) IN (",
-        );
-        select.push_values(chunk, |mut row, key| {
-            row.push_bind(key.kind.as_str())
-                .push_bind(key.namespace.as_str())
-                .push_bind(key.name.as_str());
-        });
-        select.push(")");
+        let mut select =
+            QueryBuilder::<Sqlite>::new("SELECT kind, namespace, name, revision FROM resources");
+        push_keys_in(&mut select, chunk);
         let found = select
             .build()
             .fetch_all(&mut *conn)
@@ -473,15 +480,7 @@ async fn delete_all_in(conn: &mut SqliteConnection, keys: &[Key]) -> Result<Writ
     for rows in sql::chunk_sizes(keys.len()) {
         let chunk = &keys[offset..offset + rows];
         offset += rows;
-        let push_rows = |query: &mut QueryBuilder<'_, Sqlite>| {
-            query.push(" WHERE (kind, namespace, name) IN (");
-            query.push_values(chunk, |mut row, key| {
-                row.push_bind(key.kind.clone())
-                    .push_bind(key.namespace.clone())
-                    .push_bind(key.name.clone());
-            });
-            query.push(")");
-        };
+        let push_rows = |query: &mut QueryBuilder<'_, Sqlite>| push_keys_in(query, chunk);
         base += log_and_delete(conn, &subject, base, "kind, namespace, name", push_rows).await?;
     }
     let total = base - first;

@@ -12,8 +12,9 @@
 //! 3. Per group `(namespace, subscription)`, pull loops on each backend reserve a free agent
 //!    slot of one of *this* backend's sessions in the group, pull one message from the group's
 //!    shared consumer, and send the request to the agent that least recently got a round
-//!    (a few slots per agent, so rounds do not wait for each other's commits). The delivery stays locked ("in flight") meanwhile; progress is reported to the
-//!    queue while the agent has time left.
+//!    (a few slots per agent, so rounds do not wait for each other's commits). The delivery
+//!    stays locked ("in flight") meanwhile; progress is reported to the queue while the agent
+//!    has time left.
 //! 4. eventd claims the round when the result arrives ([`record::claim`]); only the first
 //!    execution is stored and handled, a second one is recorded as a duplicate. After the
 //!    commit, the tap ([`tap`]) tells this service, which acknowledges the delivery. A round is
@@ -255,6 +256,15 @@ struct GroupState {
     takes: u64,
     /// Free slots pull loops have reserved while they wait for a round.
     reserved: usize,
+}
+
+impl GroupState {
+    /// `id`'s membership, if it is a member out of quarantine at `now` (may get rounds).
+    fn ready_member(&self, id: &SessionId, now: i64) -> Option<&Member> {
+        self.members
+            .get(id)
+            .filter(|member| member.quarantined_until <= now)
+    }
 }
 
 #[derive(Default)]
@@ -637,21 +647,20 @@ const SLOT_SCAN: usize = 64;
 /// [`SLOT_SCAN`] free slots (a member has several: taking them in list order would hand
 /// one agent a run of consecutive rounds), skipping quarantined members.
 fn take_slot(state: &mut GroupState, now: i64) -> Option<SessionId> {
-    let eligible = |id: &SessionId| {
-        state
-            .members
-            .get(id)
-            .filter(|member| member.quarantined_until <= now)
-    };
     let position = state
         .free
         .iter()
         .take(SLOT_SCAN)
         .enumerate()
-        .filter_map(|(position, id)| Some((eligible(id)?.last_taken, position)))
+        .filter_map(|(position, id)| Some((state.ready_member(id, now)?.last_taken, position)))
         .min()
         .map(|(_, position)| position)
-        .or_else(|| state.free.iter().position(|id| eligible(id).is_some()))?;
+        .or_else(|| {
+            state
+                .free
+                .iter()
+                .position(|id| state.ready_member(id, now).is_some())
+        })?;
     let session = state.free.remove(position)?;
     state.takes += 1;
     if let Some(member) = state.members.get_mut(&session) {
@@ -734,12 +743,7 @@ fn has_unreserved_slot(state: &GroupState, now: i64) -> bool {
             .free
             .iter()
             .take(SLOT_SCAN + state.reserved)
-            .any(|id| {
-                state
-                    .members
-                    .get(id)
-                    .is_some_and(|member| member.quarantined_until <= now)
-            })
+            .any(|id| state.ready_member(id, now).is_some())
 }
 
 /// Returns a slot to the group (at the front when it was not used).
@@ -813,11 +817,7 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
         let state = &mut *guard;
         let holding = &state.holding;
         let available = |group_state: &GroupState, id: &SessionId| {
-            !holding.contains(&(*id, key.clone()))
-                && group_state
-                    .members
-                    .get(id)
-                    .is_some_and(|member| member.quarantined_until <= now)
+            !holding.contains(&(*id, key.clone())) && group_state.ready_member(id, now).is_some()
         };
         match state.groups.get_mut(group) {
             Some(group_state) if available(group_state, &session) => Some(session),
