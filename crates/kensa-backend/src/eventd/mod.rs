@@ -205,7 +205,7 @@ struct Deps {
     /// agent's slot (when full, the delivery simply times out).
     duplicate_rounds: mpsc::Sender<String>,
     /// What this backend last wrote to round-robin round slots (claims are one write then).
-    round_slots: crate::rounds::record::SlotCache,
+    round_slots: Arc<crate::rounds::record::SlotCache>,
     residents: Arc<Residents>,
     shared_store: bool,
 }
@@ -217,6 +217,8 @@ pub struct Eventd {
     telemetry: Arc<Telemetry>,
     ttl: Ttl,
     residents: Arc<Residents>,
+    /// The round slots this backend claimed, when no other backend writes the store.
+    sole_writer_slots: Option<Arc<crate::rounds::record::SlotCache>>,
 }
 
 impl Eventd {
@@ -246,7 +248,7 @@ impl Eventd {
             ttl: ttl.clone(),
             pipeline,
             duplicate_rounds,
-            round_slots: crate::rounds::record::SlotCache::batched(store.clone()),
+            round_slots: Arc::new(crate::rounds::record::SlotCache::batched(store.clone())),
             residents: residents.clone(),
             shared_store: settings.shared_store,
         });
@@ -268,6 +270,7 @@ impl Eventd {
             telemetry,
             ttl,
             residents,
+            sole_writer_slots: (!settings.shared_store).then(|| deps.round_slots.clone()),
         };
         tasks.push(tokio::spawn(writer::run(
             write_rx,
@@ -286,6 +289,19 @@ impl Eventd {
     /// The agents connected to this backend (agentd enters and leaves them).
     pub fn residents(&self) -> &Residents {
         &self.residents
+    }
+
+    /// Whether `round` is known not to be completed without a store read: this backend is
+    /// the store's only writer and the last claim it wrote to the round's slot was of an
+    /// earlier round. `false` means "not known".
+    pub fn round_known_open(
+        &self,
+        round: &crate::rounds::record::RoundRef,
+        period_ms: i64,
+    ) -> bool {
+        self.sole_writer_slots
+            .as_ref()
+            .is_some_and(|slots| slots.holds_earlier_round(round, period_ms))
     }
 
     fn shard_for(&self, submission: &Submission) -> &mpsc::Sender<Submission> {
@@ -490,7 +506,7 @@ impl Shard {
                 let claim = tokio::spawn(async move {
                     crate::rounds::record::claim(
                         deps.store.as_ref(),
-                        &deps.round_slots,
+                        deps.round_slots.as_ref(),
                         &round,
                         period_ms,
                         &completion,
@@ -743,7 +759,7 @@ impl Shard {
         let (period_ms, completion) = claim_completion(event, id, now);
         crate::rounds::record::claim(
             self.deps.store.as_ref(),
-            &self.deps.round_slots,
+            self.deps.round_slots.as_ref(),
             round,
             period_ms,
             &completion,

@@ -242,6 +242,21 @@ impl SlotCache {
         }
         slots.insert(key, (revision, round.to_owned()));
     }
+
+    /// Whether the last record this backend wrote to `round`'s slot is of an earlier round, so
+    /// that — when this backend is the store's only writer — `round` cannot be completed and
+    /// no store read is needed to know it. `false` means "not known": ask the store.
+    pub fn holds_earlier_round(&self, round: &RoundRef, period_ms: i64) -> bool {
+        let Some(tick) = round.tick_ms else {
+            return false;
+        };
+        let Some((_, last)) = self.get(&round.slot_key(period_ms)) else {
+            return false;
+        };
+        RoundRef::parse(&last)
+            .and_then(|last| last.tick_ms)
+            .is_some_and(|last_tick| last_tick < tick)
+    }
 }
 
 /// Claims `round` for `result` (see the module comment).
@@ -554,6 +569,40 @@ mod tests {
                 .await
                 .unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn the_slot_cache_knows_a_round_is_open_only_behind_an_earlier_claim() {
+        let store = store().await;
+        let cache = SlotCache::default();
+        let period = 10_000;
+        let tick = |ring: i64| {
+            format!(
+                "default/ping@{}#zone",
+                1_700_000_000_000 + ring * RING * period
+            )
+        };
+        let (first, next, older) = (
+            RoundRef::parse(&tick(1)).unwrap(),
+            RoundRef::parse(&tick(2)).unwrap(),
+            RoundRef::parse(&tick(0)).unwrap(),
+        );
+        assert_eq!(first.slot_key(period), next.slot_key(period));
+        // Nothing written to the slot by this backend: not known (the store must say).
+        assert!(!cache.holds_earlier_round(&next, period));
+        super::claim(store.as_ref(), &cache, &first, period, &result("a", "e1"))
+            .await
+            .unwrap();
+        // The slot holds an earlier round: the next one of the slot cannot be completed.
+        assert!(cache.holds_earlier_round(&next, period));
+        // The claimed round itself, and an older one, are not known to be open.
+        assert!(!cache.holds_earlier_round(&first, period));
+        assert!(!cache.holds_earlier_round(&older, period));
+        super::claim(store.as_ref(), &cache, &next, period, &result("b", "e2"))
+            .await
+            .unwrap();
+        assert!(!cache.holds_earlier_round(&next, period));
+        assert!(is_completed(store.as_ref(), &next, period).await.unwrap());
     }
 
     #[tokio::test]
