@@ -4,19 +4,21 @@
 #
 # Builds release binaries, then for each store (SQLite in a temporary state dir, PostgreSQL in
 # a fresh database when the server answers) starts a kensa-backend on 127.0.0.1, creates
-# through the REST API an EventFilter `allow-all` (allow, `event.check.status >= 0`) and a tcp
-# Handler `sink` using it, then runs `kensa-loadgen agents`: AGENTS simulated agents on the
-# agent protocol, each sending results of CHECKS checks (handlers: [sink]) as fast as their
-# acknowledgements allow (at most WINDOW unacknowledged each), while the load generator's
-# built-in sink counts the handler's deliveries. Every event therefore goes agent → eventd
-# (history, state) → store → acknowledgement → pipeline → JavaScript filter → tcp handler.
+# through the REST API an EventFilter `allow-all` (allow, `event.check.status >= 0`) and a
+# Handler `sink` using it (HANDLER_TYPE: `udp` — one datagram per event, the nearest to a no-op
+# handler that still proves every delivery — or `tcp`, one loopback connection per event),
+# then runs `kensa-loadgen agents`: AGENTS simulated agents on the agent protocol, each
+# sending results of CHECKS checks (handlers: [sink]) as fast as their acknowledgements allow
+# (at most WINDOW unacknowledged each), while the load generator's built-in sink counts the
+# handler's deliveries. Every event therefore goes agent → eventd (history, state) → store →
+# acknowledgement → pipeline → JavaScript filter → handler.
 # Results: bench/results/events-<store>.json (events acked/s and handled/s, ack latency, the
 # backend's CPU and RSS per phase). All traffic stays on 127.0.0.1; every process and database
 # this script creates is removed on exit, including on failure or Ctrl-C.
 #
 # Knobs (environment): STORES="sqlite postgres" (postgres is skipped when PG_URL does not
 # answer), AGENTS=50, CHECKS=20, RATE=0 (total events/s; 0 = as fast as acks allow),
-# WINDOW=200, DURATION=30, WARMUP=5, DRAIN=20, STATUS_MIX="0:90,1:5,2:5",
+# WINDOW=200, HANDLER_TYPE=udp, DURATION=30, WARMUP=5, DRAIN=20, STATUS_MIX="0:90,1:5,2:5",
 # PG_URL=postgres://postgres@127.0.0.1:5432 (server with trust auth), RESULTS_TAG (appended to
 # the file name), PERF_OUT (a file: record the backend with `perf record -g` during the
 # measurement and write `perf report` there; the recording is kept as <PERF_OUT>.<store>.data),
@@ -38,6 +40,7 @@ AGENTS=${AGENTS:-50}
 CHECKS=${CHECKS:-20}
 RATE=${RATE:-0}
 WINDOW=${WINDOW:-200}
+HANDLER_TYPE=${HANDLER_TYPE:-udp}
 DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-5}
 DRAIN=${DRAIN:-20}
@@ -134,7 +137,7 @@ run_store() {
     api_put "$api_url" "$token" /api/core/v2/namespaces/default/filters/allow-all \
         '{"metadata":{"name":"allow-all","namespace":"default"},"action":"allow","expressions":["event.check.status >= 0"]}'
     api_put "$api_url" "$token" /api/core/v2/namespaces/default/handlers/sink \
-        "{\"metadata\":{\"name\":\"sink\",\"namespace\":\"default\"},\"type\":\"tcp\",\"socket\":{\"host\":\"127.0.0.1\",\"port\":$sink_port},\"filters\":[\"allow-all\"]}"
+        "{\"metadata\":{\"name\":\"sink\",\"namespace\":\"default\"},\"type\":\"$HANDLER_TYPE\",\"socket\":{\"host\":\"127.0.0.1\",\"port\":$sink_port},\"filters\":[\"allow-all\"]}"
 
     if [[ -n "$PERF_OUT" ]]; then
         # Start recording when the measurement starts (after connect and warm-up).
@@ -156,7 +159,7 @@ run_store() {
         --status-mix "$STATUS_MIX" \
         --handlers sink --sink-listen "127.0.0.1:$sink_port" \
         --backend-pid "$BACKEND_PID" \
-        --label "$store${BACKEND_LD_PRELOAD:+ (LD_PRELOAD=$BACKEND_LD_PRELOAD)}" \
+        --label "$store, $HANDLER_TYPE handler${BACKEND_LD_PRELOAD:+ (LD_PRELOAD=$BACKEND_LD_PRELOAD)}" \
         --out "$out.tmp" >/dev/null || status=$?
     if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
         log "$store: the backend exited during the run"

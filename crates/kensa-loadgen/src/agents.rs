@@ -3,7 +3,7 @@
 //! acknowledgements allow (or at a fixed total rate), or answer the check requests the
 //! backend schedules (`--answer-requests`), measuring events acknowledged per second and the
 //! latency from sending an event to receiving its acknowledgement — which the backend only
-//! sends once the event is durably stored. With `--sink-listen`, a built-in tcp-handler sink
+//! sends once the event is durably stored. With `--sink-listen`, a built-in tcp/udp-handler sink
 //! (`sink.rs`) also counts events that went all the way through the pipelines.
 //!
 //! Each agent behaves like a real one from the backend's point of view: handshake headers and
@@ -191,7 +191,7 @@ pub struct AgentsArgs {
     /// Agents sharing one source address when spreading.
     #[arg(long, default_value_t = 1000)]
     pub agents_per_source: usize,
-    /// Also run a tcp-handler sink on this address and report deliveries per second.
+    /// Also run a tcp- and udp-handler sink on this address and report deliveries per second.
     #[arg(long)]
     pub sink_listen: Option<SocketAddr>,
     /// Listen here for the backend's `keepalive` handler (tcp, filter `is_incident`) and count

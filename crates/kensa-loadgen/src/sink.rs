@@ -1,9 +1,10 @@
-//! The far end of a `tcp` handler: counts what the backend's pipelines deliver, so a benchmark
-//! measures events that went all the way through store → filter → handler, not only events
-//! the backend acknowledged.
+//! The far end of a `tcp` or `udp` handler: counts what the backend's pipelines deliver, so a
+//! benchmark measures events that went all the way through store → filter → handler, not only
+//! events the backend acknowledged. The sink listens for both on the same port.
 //!
 //! The backend's tcp handler opens one connection per event, writes the payload and shuts its
-//! side down; one delivery is therefore one connection read to its end. A delivery counts as
+//! side down; one delivery is therefore one connection read to its end. Its udp handler sends
+//! one datagram per event; one datagram is one delivery. A delivery counts as
 //! handled when its payload looks like a JSON object (first and last non-blank bytes `{`, `}`)
 //! — parsing every payload would spend the CPU the backend is being measured with — and as
 //! invalid otherwise (empty, truncated, over [`MAX_PAYLOAD`]).
@@ -20,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{Notify, Semaphore};
 
 /// Connections being read at once.
@@ -31,6 +32,12 @@ const BACKLOG: u32 = 8192;
 const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// A connection that sends nothing for this long is counted invalid and closed.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Receive buffer asked for the udp socket (the kernel caps it at `net.core.rmem_max`): room
+/// for bursts while the load generator is off the CPU. A datagram the kernel drops shows as
+/// handled < acknowledged in the report.
+const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+/// Largest datagram (the udp handler's payload limit).
+const MAX_DATAGRAM: usize = 65_536;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -57,20 +64,32 @@ pub struct Sink {
     address: SocketAddr,
     counters: Arc<Counters>,
     accept_loop: tokio::task::JoinHandle<()>,
+    receive_loop: tokio::task::JoinHandle<()>,
 }
 
 impl Sink {
-    /// Binds `address` (port 0 for any) and starts accepting.
+    /// Binds `address` (port 0 for any) for tcp and udp and starts accepting.
     pub async fn bind(address: SocketAddr) -> anyhow::Result<Sink> {
         let listener =
             listen(address).with_context(|| format!("binding the handler sink on {address}"))?;
         let address = listener.local_addr()?;
+        let datagrams = UdpSocket::bind(address)
+            .await
+            .with_context(|| format!("binding the udp handler sink on {address}"))?;
+        // Best effort: without it the sink still works, with the kernel's default buffer.
+        let _ = nix::sys::socket::setsockopt(
+            &datagrams,
+            nix::sys::socket::sockopt::RcvBuf,
+            &UDP_RECEIVE_BUFFER,
+        );
         let counters = Arc::new(Counters::default());
         let accept_loop = tokio::spawn(accept(listener, counters.clone()));
+        let receive_loop = tokio::spawn(receive(datagrams, counters.clone()));
         Ok(Sink {
             address,
             counters,
             accept_loop,
+            receive_loop,
         })
     }
 
@@ -127,6 +146,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.accept_loop.abort();
+        self.receive_loop.abort();
     }
 }
 
@@ -174,19 +194,37 @@ async fn accept(listener: TcpListener, counters: Arc<Counters>) {
                     .read_to_end(&mut payload),
             )
             .await;
-            let valid = matches!(read, Ok(Ok(_)))
-                && payload.len() <= MAX_PAYLOAD
-                && looks_like_json_object(&payload);
-            if valid {
-                counters
-                    .bytes
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                counters.handled.fetch_add(1, Ordering::Relaxed);
-            } else {
-                counters.invalid.fetch_add(1, Ordering::Relaxed);
-            }
-            counters.delivered.notify_waiters();
+            let valid = matches!(read, Ok(Ok(_))) && payload.len() <= MAX_PAYLOAD;
+            counters.count(valid, &payload);
         });
+    }
+}
+
+async fn receive(socket: UdpSocket, counters: Arc<Counters>) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match socket.recv_from(&mut buffer).await {
+            Ok((length, _)) => counters.count(true, &buffer[..length]),
+            Err(_) => {
+                // ICMP errors reported on the socket and the like: count and go on.
+                counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+impl Counters {
+    /// Counts one delivery: handled when `read_whole` and the payload looks like a JSON object.
+    fn count(&self, read_whole: bool, payload: &[u8]) {
+        if read_whole && looks_like_json_object(payload) {
+            self.bytes
+                .fetch_add(payload.len() as u64, Ordering::Relaxed);
+            self.handled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.invalid.fetch_add(1, Ordering::Relaxed);
+        }
+        self.delivered.notify_waiters();
     }
 }
 
@@ -221,6 +259,21 @@ mod tests {
         }
     }
 
+    /// The sink's report once it has read `deliveries` (handled or invalid).
+    async fn all_read(sink: &Sink, deliveries: u64) -> Value {
+        let read = |sink: &Sink| {
+            let counters = &sink.counters;
+            counters.handled.load(Ordering::Relaxed) + counters.invalid.load(Ordering::Relaxed)
+                == deliveries
+        };
+        assert!(
+            sink.wait_until(read, Duration::from_secs(10)).await,
+            "{}",
+            sink.report()
+        );
+        sink.report()
+    }
+
     #[tokio::test]
     async fn counts_one_delivery_per_connection() {
         let sink = Sink::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -229,17 +282,21 @@ mod tests {
             stream.write_all(payload).await.unwrap();
             stream.shutdown().await.unwrap();
         }
-        let all_read = |sink: &Sink| {
-            let counters = &sink.counters;
-            counters.handled.load(Ordering::Relaxed) + counters.invalid.load(Ordering::Relaxed) == 3
-        };
-        assert!(
-            sink.wait_until(all_read, Duration::from_secs(10)).await,
-            "{}",
-            sink.report()
-        );
-        let report = sink.report();
+        let report = all_read(&sink, 3).await;
         assert_eq!(report["handled"], 2, "{report}");
         assert_eq!(report["bytes"], 14, "{report}");
+    }
+
+    #[tokio::test]
+    async fn counts_one_delivery_per_datagram_on_the_same_port() {
+        let sink = Sink::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for payload in [&b"{\"n\":1}"[..], b"{\"n\":22}", b"[]"] {
+            sender.send_to(payload, sink.address()).await.unwrap();
+        }
+        let report = all_read(&sink, 3).await;
+        assert_eq!(report["handled"], 2, "{report}");
+        assert_eq!(report["invalid"], 1, "{report}");
+        assert_eq!(report["bytes"], 15, "{report}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kensa_types::resources::handler::{Handler, HandlerSocket, TYPE_PIPE, TYPE_TCP, TYPE_UDP};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
 use crate::{env_pairs, first_line};
 
@@ -98,13 +98,16 @@ async fn udp(socket: &HandlerSocket, payload: &[u8]) -> std::io::Result<()> {
         .await?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host not found"))?;
-    let local: std::net::SocketAddr = if target.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    let sender = sender(target.is_ipv4())?;
+    let sent = loop {
+        match sender.send_to(payload, target) {
+            // The socket's send buffer is full: the handler's timeout bounds the wait.
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            other => break other?,
+        }
     };
-    let udp = UdpSocket::bind(local).await?;
-    let sent = udp.send_to(payload, target).await?;
     if sent < payload.len() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::WriteZero,
@@ -112,4 +115,24 @@ async fn udp(socket: &HandlerSocket, payload: &[u8]) -> std::io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// One unconnected, non-blocking socket per address family sends every udp handler's
+/// datagrams (a socket per event cost three more system calls each). A std socket, not a
+/// Tokio one: it is shared by every runtime of the process (tests start many).
+fn sender(ipv4: bool) -> std::io::Result<&'static std::net::UdpSocket> {
+    static V4: std::sync::OnceLock<std::net::UdpSocket> = std::sync::OnceLock::new();
+    static V6: std::sync::OnceLock<std::net::UdpSocket> = std::sync::OnceLock::new();
+    let (cell, local): (_, std::net::SocketAddr) = if ipv4 {
+        (&V4, ([0, 0, 0, 0], 0).into())
+    } else {
+        (&V6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+    };
+    if let Some(socket) = cell.get() {
+        return Ok(socket);
+    }
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.set_nonblocking(true)?;
+    // Two threads racing here both bind; the loser's socket is dropped.
+    Ok(cell.get_or_init(|| socket))
 }
