@@ -492,6 +492,11 @@ mod tests {
         event
     }
 
+    /// An outbox with the default limits on `dir`, which must be free.
+    async fn open(dir: &Path) -> Outbox {
+        Outbox::open(dir, OutboxLimits::default()).await.unwrap()
+    }
+
     fn stored_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -511,9 +516,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_outbox_on_a_directory_waits_for_the_first_to_close() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Outbox::open(dir.path(), OutboxLimits::default())
-            .await
-            .unwrap();
+        let first = open(dir.path()).await;
         // Held for good: refused after the wait.
         let refused = Outbox::open(dir.path(), OutboxLimits::default()).await;
         assert!(
@@ -532,9 +535,7 @@ mod tests {
     #[tokio::test]
     async fn events_are_sent_oldest_first_and_deleted_when_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path(), OutboxLimits::default())
-            .await
-            .unwrap();
+        let outbox = open(dir.path()).await;
         for output in ["one", "two", "three"] {
             outbox.push(event(output)).await.unwrap();
         }
@@ -561,9 +562,7 @@ mod tests {
     async fn unacknowledged_events_survive_a_restart_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let ids = {
-            let outbox = Outbox::open(dir.path(), OutboxLimits::default())
-                .await
-                .unwrap();
+            let outbox = open(dir.path()).await;
             outbox.push(event("first")).await.unwrap();
             outbox.push(event("second")).await.unwrap();
             let sent = outbox.take_sendable();
@@ -585,9 +584,7 @@ mod tests {
         )
         .unwrap();
 
-        let outbox = Outbox::open(dir.path(), OutboxLimits::default())
-            .await
-            .unwrap();
+        let outbox = open(dir.path()).await;
         let sendable = outbox.take_sendable();
         assert_eq!(sendable.iter().map(|o| o.id).collect::<Vec<_>>(), ids);
         assert_eq!(
@@ -677,9 +674,7 @@ mod tests {
     #[tokio::test]
     async fn an_id_already_stored_is_replaced_and_corrupt_files_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path(), OutboxLimits::default())
-            .await
-            .unwrap();
+        let outbox = open(dir.path()).await;
         let id = Uuid::new_v4();
         let mut with_id = event("x");
         with_id.id = Some(id);
