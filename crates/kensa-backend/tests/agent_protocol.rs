@@ -189,6 +189,52 @@ async fn a_silent_agent_raises_warning_then_critical_at_their_deadlines() {
 }
 
 #[tokio::test]
+async fn a_result_resent_to_a_restarted_backend_is_stored_once() {
+    // The backend that stored a result and whose ack was lost is not the one the agent re-sends
+    // it to (here: the same backend after a restart, so nothing of it is in memory; in a
+    // cluster, another backend). The stored event's id says it is already there.
+    let dir = tempfile::tempdir().unwrap();
+    let location = StoreLocation::Sqlite(dir.path().join("kensa.db"));
+    let server = TestServer::start_with(location.clone(), dir.path().to_path_buf(), |_| {})
+        .await
+        .unwrap();
+    let mut agent = FakeAgent::connect(&server.agent_url, "web-1", &["linux"]).await;
+    agent.keepalive(120, 180).await;
+    let id = agent.result("disk", 2, "DISK CRITICAL").await;
+    assert!(agent.acked(id).await, "the result is acknowledged");
+    drop(agent);
+    server.shutdown().await;
+
+    let server = TestServer::start_with(location, dir.path().to_path_buf(), |_| {})
+        .await
+        .unwrap();
+    let mut agent = FakeAgent::connect(&server.agent_url, "web-1", &["linux"]).await;
+    agent.result_with_id(id, "disk", 2, "DISK CRITICAL").await;
+    assert!(
+        agent.acked(id).await,
+        "the re-sent copy is acknowledged too"
+    );
+    let client = admin(&server).await;
+    let event = expect(
+        client.get("namespaces/default/events/web-1/disk").await,
+        200,
+    )
+    .body;
+    assert_eq!(event["check"]["occurrences"], 1, "{event}");
+    assert_eq!(event["check"]["history"].as_array().unwrap().len(), 1);
+    // The next result is a new one.
+    let next = agent.result("disk", 2, "DISK CRITICAL").await;
+    assert!(agent.acked(next).await);
+    let event = expect(
+        client.get("namespaces/default/events/web-1/disk").await,
+        200,
+    )
+    .body;
+    assert_eq!(event["check"]["occurrences"], 2, "{event}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn liveness_survives_a_backend_restart_without_false_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let location = StoreLocation::Sqlite(dir.path().join("kensa.db"));

@@ -410,6 +410,31 @@ impl ShardCache {
     }
 }
 
+/// What the store says about the key a result is written to.
+enum Previous {
+    /// The key's previous check state (none: the first result of the check).
+    State(Option<CheckState>),
+    /// The stored event is this very result: an agent re-sent it after its acknowledgement
+    /// was lost. It is acknowledged again, but neither stored nor handled a second time.
+    AlreadyStored,
+}
+
+impl Previous {
+    /// Reads the stored event of a key, for a result whose id is `resent` (agents only).
+    fn of(stored: Option<&Value>, resent: Option<Uuid>) -> Previous {
+        match stored {
+            Some(stored)
+                if resent.is_some_and(|id| {
+                    stored["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) == Some(id)
+                }) =>
+            {
+                Previous::AlreadyStored
+            }
+            stored => Previous::State(stored.map(|stored| CheckState::of(&stored["check"]))),
+        }
+    }
+}
+
 /// What happens once a write batch committed (or failed).
 pub(crate) struct Completion {
     origin: Origin,
@@ -670,6 +695,9 @@ impl Shard {
         apply_silences(&self.deps.view, &namespace, &mut event, now);
 
         let key = Key::new("events", &namespace, &name);
+        // An agent's re-sent result this backend has not seen (its first copy went to another
+        // backend, or to this one before a restart) is recognized by the stored event's id.
+        let resent = id.filter(|_| from_agent);
         let generation = if self.deps.shared_store {
             let entity = event["entity"]["metadata"]["name"]
                 .as_str()
@@ -681,8 +709,13 @@ impl Shard {
         let cache_key = match generation {
             Some(generation) => {
                 let cache_key = (namespace.clone(), name.clone());
-                let previous = match self.previous(&cache_key, generation, &key).await {
-                    Ok(previous) => previous,
+                let previous = match self.previous(&cache_key, generation, &key, resent).await {
+                    Ok(Previous::State(previous)) => previous,
+                    Ok(Previous::AlreadyStored) => {
+                        self.deps.telemetry.events_duplicate.inc();
+                        complete_now(origin, id);
+                        return None;
+                    }
                     Err(err) => {
                         tracing::warn!(%err, event = %key, "could not read the previous event");
                         complete_error(origin, EventError::Unavailable(err.to_string()));
@@ -699,14 +732,19 @@ impl Shard {
                     .insert(cache_key.clone(), (generation, state));
                 Some(cache_key)
             }
-            None => {
-                if let Err(err) = self.store_merged(&key, &mut event).await {
+            None => match self.store_merged(&key, &mut event, resent).await {
+                Ok(Previous::State(_)) => None,
+                Ok(Previous::AlreadyStored) => {
+                    self.deps.telemetry.events_duplicate.inc();
+                    complete_now(origin, id);
+                    return None;
+                }
+                Err(err) => {
                     tracing::warn!(%err, event = %key, "could not store the event");
                     complete_error(origin, EventError::Unavailable(err.to_string()));
                     return None;
                 }
-                None
-            }
+            },
         };
         if let Some(id) = id.filter(|_| from_agent) {
             self.cache
@@ -768,14 +806,16 @@ impl Shard {
     }
 
     /// The previous check state of `key`: from memory when it was remembered under the
-    /// current `generation`, else from the store. Taken out of memory (not copied): the
+    /// current `generation`, else from the store — where a stored event with the id
+    /// `resent` means this result is already stored. Taken out of memory (not copied): the
     /// caller puts the merged state back.
     async fn previous(
         &self,
         cache_key: &(String, String),
         generation: u64,
         key: &Key,
-    ) -> kensa_store::Result<Option<CheckState>> {
+        resent: Option<Uuid>,
+    ) -> kensa_store::Result<Previous> {
         let remembered = self
             .cache
             .lock()
@@ -784,21 +824,23 @@ impl Shard {
             .remove(cache_key);
         if let Some((remembered, previous)) = remembered {
             if remembered == generation {
-                return Ok(Some(previous));
+                return Ok(Previous::State(Some(previous)));
             }
         }
-        Ok(self
-            .deps
-            .store
-            .get(key)
-            .await?
-            .map(|stored| CheckState::of(&stored.value["check"])))
+        let stored = self.deps.store.get(key).await?;
+        Ok(Previous::of(stored.as_ref().map(|s| &s.value), resent))
     }
 
     /// Merges `event` with the stored event of `key` and writes it with compare-and-set,
     /// again from a fresh read when another backend wrote the key in between. The event is
-    /// stored when this returns `Ok` (for keys this backend cannot own, see [`residents`]).
-    async fn store_merged(&self, key: &Key, event: &mut Value) -> kensa_store::Result<()> {
+    /// stored when this returns `Ok` (for keys this backend cannot own, see [`residents`]),
+    /// or was already: [`Previous::AlreadyStored`] when the stored event has the id `resent`.
+    async fn store_merged(
+        &self,
+        key: &Key,
+        event: &mut Value,
+        resent: Option<Uuid>,
+    ) -> kensa_store::Result<Previous> {
         /// Concurrent writers of one key are a handful of backends at most; a backend that keeps
         /// losing the race backs off a random few milliseconds (more each time) so that a
         /// busier one cannot starve it.
@@ -810,7 +852,10 @@ impl Shard {
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(jitter))).await;
             }
             let current = self.deps.store.get(key).await?;
-            let previous = current.as_ref().map(|c| CheckState::of(&c.value["check"]));
+            let previous = match Previous::of(current.as_ref().map(|c| &c.value), resent) {
+                Previous::State(previous) => previous,
+                Previous::AlreadyStored => return Ok(Previous::AlreadyStored),
+            };
             event["check"] = kensa_types::event_state::merge_check(previous, check.clone()).0;
             let stored = into_stored(event.clone());
             let written = match &current {
@@ -827,7 +872,7 @@ impl Shard {
                 None => self.deps.store.create(key, &stored).await,
             };
             match written {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Previous::State(None)),
                 Err(
                     kensa_store::StoreError::Conflict(_)
                     | kensa_store::StoreError::AlreadyExists(_)
