@@ -110,6 +110,9 @@ pub const CASES: &[(&str, Case)] = &[
     ("waiting_consumers_share_fairly", |h| {
         Box::pin(waiting_consumers_share_fairly(h))
     }),
+    ("batch_callers_share_in_proportion_to_their_requests", |h| {
+        Box::pin(batch_callers_share_in_proportion_to_their_requests(h))
+    }),
     ("messages_survive_a_reopen", |h| {
         Box::pin(messages_survive_a_reopen(h))
     }),
@@ -188,6 +191,7 @@ macro_rules! queue_conformance_tests {
             groups_are_isolated,
             depth_counts_queued_and_in_flight,
             waiting_consumers_share_fairly,
+            batch_callers_share_in_proportion_to_their_requests,
             messages_survive_a_reopen,
             invalid_input_is_refused,
             later_settings_apply_to_the_group,
@@ -549,6 +553,68 @@ async fn waiting_consumers_share_fairly(h: Harness) {
     let fair = MESSAGES / CONSUMERS;
     assert!(
         counts.iter().all(|&count| count.abs_diff(fair) <= 3),
+        "unfair share: {counts:?}"
+    );
+}
+
+/// Three backends' pull loops on one group, as round robin runs them: one with two batch
+/// requests open, two with one each (the last opened after the others), and more open
+/// requests than messages arriving within a request's wait. Each gets its share — with
+/// one-message requests instead, the first backend's requests kept being served and the last
+/// backend got nothing (the requests that lost their turn expired and queued up behind the
+/// ones just served, every time).
+async fn batch_callers_share_in_proportion_to_their_requests(h: Harness) {
+    const BATCH: usize = 8;
+    const MESSAGES: usize = 60;
+    const WAIT: Duration = Duration::from_secs(1);
+    let queue = h.queue.clone();
+    let group = group();
+    let (received_tx, mut received_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let mut tasks = Vec::new();
+    for (backend, loops) in [(0usize, 2usize), (1, 1), (2, 1)] {
+        let consumer: Arc<dyn crate::Consumer> =
+            Arc::from(queue.consumer(&group, settings()).await.unwrap());
+        for _ in 0..loops {
+            let (consumer, received_tx) = (consumer.clone(), received_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::Delivery>(BATCH);
+                    let taken = async {
+                        while let Some(delivery) = rx.recv().await {
+                            delivery.ack().await.unwrap();
+                            let _ = received_tx.send(backend);
+                        }
+                    };
+                    let fetched = async {
+                        let fetched = consumer.next_batch(BATCH, WAIT, &tx).await;
+                        drop(tx);
+                        fetched
+                    };
+                    let (fetched, ()) = tokio::join!(fetched, taken);
+                    fetched.unwrap();
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..MESSAGES {
+        publish_new(queue.as_ref(), &group, &format!("m{n}"), "x").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut counts = [0usize; 3];
+    for _ in 0..MESSAGES {
+        let backend = tokio::time::timeout(EXPECT_WAIT, received_rx.recv())
+            .await
+            .expect("every message received")
+            .expect("consumers running");
+        counts[backend] += 1;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    // Fair: 30, 15, 15.
+    assert!(
+        counts[0] >= 20 && counts[1] >= 8 && counts[2] >= 8,
         "unfair share: {counts:?}"
     );
 }

@@ -6,7 +6,11 @@
 //! both names escaped into subject-safe tokens ([`subject_token`]), and a duplicate window of
 //! [`DEDUP_WINDOW`]. Each group has one durable pull consumer (name from [`durable_name`]:
 //! readable prefix + hash) filtered on its subject; every backend's callers pull from it with
-//! one-message pull requests, which the server serves in arrival order.
+//! pull requests: [`Consumer::next`] asks for one message, [`Consumer::next_batch`] for
+//! several. The server keeps the open requests in line and serves them in turn: a batch
+//! request that got a message goes to the back of the line, so callers that each keep one
+//! batch request open share the messages in proportion (one-message requests instead only
+//! move when served or expired, and a caller whose requests keep expiring can starve).
 //!
 //! Server settings and why:
 //! - `max_deliver` is left unlimited on the server: with work-queue retention the server keeps
@@ -39,6 +43,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{
@@ -507,12 +512,79 @@ impl Consumer for JetStreamConsumer {
         if let Some(err) = last_error {
             return Err(err);
         }
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(QueueError::Unavailable(
-                "nats jetstream: not connected".into(),
-            ));
-        }
+        self.connected()?;
         Ok(None)
+    }
+
+    /// One pull request for up to `max` messages (see the trait: the server serves the open
+    /// requests of all backends in turn).
+    async fn next_batch(
+        &self,
+        max: usize,
+        wait: Duration,
+        deliveries: &mpsc::Sender<Delivery>,
+    ) -> Result<usize, QueueError> {
+        let group = &self.group;
+        let started = Instant::now();
+        if max == 0 || wait < MIN_PULL {
+            return Ok(0);
+        }
+        let failed = |err: QueueError| {
+            tracing::debug!(group = %group.group, "pull failed: {err}");
+            group.forget_handle();
+            err
+        };
+        let consumer = group.handle().await.map_err(failed)?;
+        let mut batch = consumer
+            .batch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|err| failed(unavailable(format!("pulling from {}", group.durable), err)))?;
+        let give_up = started + wait + PULL_GRACE;
+        let (mut received, mut sent) = (0, 0);
+        while received < max {
+            match tokio::time::timeout_at(give_up, batch.next()).await {
+                Ok(Some(Ok(message))) => {
+                    received += 1;
+                    if let Some(delivery) = group.accept(message).await? {
+                        crate::hand_over(delivery, deliveries).await;
+                        sent += 1;
+                    }
+                }
+                Ok(Some(Err(err))) => {
+                    let err = failed(unavailable(format!("pulling from {}", group.durable), err));
+                    if sent == 0 {
+                        pause_until(started + wait, RETRY_PAUSE).await;
+                        return Err(err);
+                    }
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if received == 0 && started.elapsed() < wait / 2 {
+            // The request ended early without a message (e.g. the connection dropped): say
+            // why, or at least do not let the caller spin.
+            self.connected()?;
+            pause_until(started + wait, RETRY_PAUSE).await;
+        }
+        Ok(sent)
+    }
+}
+
+impl JetStreamConsumer {
+    /// `Err` when the client is not connected (a pull that ended without a message then
+    /// says why).
+    fn connected(&self) -> Result<(), QueueError> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(QueueError::Unavailable(
+                "nats jetstream: not connected".into(),
+            ))
+        }
     }
 }
 

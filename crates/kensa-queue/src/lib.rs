@@ -29,7 +29,8 @@
 //!   nothing and returns `duplicate: true`. In-process the window runs from the message's
 //!   removal (ack, term, exhaustion); on JetStream it runs from the first publish (the
 //!   stream's `duplicate_window`). Ids are scoped per group.
-//! - **Fairness.** Consumers waiting in `next` are served in the order they started waiting.
+//! - **Fairness.** Consumers waiting in `next` are served in the order they started waiting;
+//!   callers that keep one `next_batch` open each share the messages in proportion.
 //! - **Restart.** In-process: every publish is written to the store before it returns, removal
 //!   deletes it, and a new queue on the same store delivers every message that was not removed
 //!   again (as a new delivery; a delivery in flight at the stop is not counted in `attempt`).
@@ -48,6 +49,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kensa_store::{Store, StoreError};
+use tokio::sync::mpsc;
 
 mod group_commit;
 pub mod in_process;
@@ -272,6 +274,55 @@ pub trait Consumer: Send + Sync {
     /// Not cancel-safe: a message delivered to a call that is dropped before it returns stays
     /// locked and is redelivered after `ack_wait`.
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>, QueueError>;
+
+    /// Waits up to `wait` for up to `max` messages, each locked to the caller as by
+    /// [`Consumer::next`] and sent to `deliveries` as it arrives; returns how many were sent.
+    /// A delivery the receiver is no longer there for is released at once (nak, no delay).
+    /// Returns early only on an error after which nothing was sent.
+    ///
+    /// The way for a caller with many free workers: JetStream serves it as one request,
+    /// handing a message to the open requests of all callers in turn. Many one-message
+    /// requests ([`Consumer::next`]) instead wait in line until they expire, and when they
+    /// outnumber what the queue delivers within their expiry, the callers that asked first
+    /// keep being served and the others never are.
+    async fn next_batch(
+        &self,
+        max: usize,
+        wait: Duration,
+        deliveries: &mpsc::Sender<Delivery>,
+    ) -> Result<usize, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut sent = 0;
+        while sent < max {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match self.next(remaining).await {
+                Ok(Some(delivery)) => {
+                    hand_over(delivery, deliveries).await;
+                    sent += 1;
+                }
+                Ok(None) => break,
+                Err(err) if sent == 0 => return Err(err),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Sends `delivery` to its receiver, or releases it at once when the receiver is gone.
+pub(crate) async fn hand_over(delivery: Delivery, deliveries: &mpsc::Sender<Delivery>) {
+    if let Err(mpsc::error::SendError(unwanted)) = deliveries.send(delivery).await {
+        let msg_id = unwanted.msg_id.clone();
+        if let Err(err) = unwanted.nak(Duration::ZERO).await {
+            tracing::debug!(
+                msg_id,
+                "releasing a delivery nobody waits for failed: {err}"
+            );
+        }
+    }
 }
 
 /// How a [`Delivery`] reports its outcome to the implementation that produced it.

@@ -9,10 +9,11 @@
 //!    `<namespace>/<check>@<tick>[/<proxy>]#<subscription>` as the queue's deduplication id.
 //!    Every backend schedules and publishes every round; the queue keeps one copy. No leader.
 //!    Failed publishes are retried until the round's deadline.
-//! 3. Per group `(namespace, subscription)`, pull loops on each backend reserve a free agent
-//!    slot of one of *this* backend's sessions in the group, pull one message from the group's
-//!    shared consumer, and send the request to the agent that least recently got a round
-//!    (a few slots per agent, so rounds do not wait for each other's commits). The delivery
+//! 3. Per group `(namespace, subscription)`, pull loops on each backend reserve free agent
+//!    slots of *this* backend's sessions in the group (up to one agent's worth each), pull as
+//!    many messages in one batch request from the group's shared consumer, and send each arriving request to the
+//!    agent that least recently got a round (a few slots per agent, so rounds do not wait for
+//!    each other's commits). The delivery
 //!    stays locked ("in flight") meanwhile; progress is reported to the queue while the agent
 //!    has time left.
 //! 4. eventd claims the round when the result arrives ([`record::claim`]); only the first
@@ -57,10 +58,15 @@ use crate::view::ConfigView;
 const ORDER_QUEUE: usize = 65_536;
 /// Publishes in flight at once.
 const PUBLISH_CONCURRENCY: usize = 64;
-/// Pull loops per group on one backend (fewer while fewer agent slots are free). Each holds
-/// one pull request to the queue at a time: with 4 (and 2 slots per agent) a single node
-/// stopped near 600 rounds/s with the CPU half idle, waiting on round trips.
-const PULLERS_PER_GROUP: usize = 32;
+/// Pull loops per group on one backend. Each holds one batch pull for up to [`PULL_BATCH`]
+/// rounds, as many as its agents have free slots. JetStream serves the open requests of every
+/// backend in turn, so backends get rounds in proportion to their requests, and with batches
+/// of about one agent's slots, in proportion to their agents. (One single-round request per
+/// free slot instead starved a backend: more requests than rounds within a request's wait,
+/// and the ones that expired queued up behind the ones just served, every time.)
+const PULLERS_PER_GROUP: usize = 64;
+/// Most rounds one pull asks for: one agent's slots.
+const PULL_BATCH: usize = SLOTS_PER_AGENT;
 /// Rounds one agent runs at once per group. A slot is freed only once the round's result is
 /// stored, so this also bounds the rounds per agent waiting on the event writer's commit.
 const SLOTS_PER_AGENT: usize = 8;
@@ -674,11 +680,11 @@ fn take_slot(state: &mut GroupState, now: i64) -> Option<SessionId> {
 
 async fn pull_loop(shared: Arc<Shared>, group: Group) {
     loop {
-        // Wait until one of this backend's agents in the group has a free slot that no other
-        // pull loop has reserved, and reserve it. The slot itself is picked only when a round
-        // arrives: pullers wait long before one does, and binding then would hand the rounds
-        // out in the order the pullers started waiting instead of in turn.
-        let consumer = loop {
+        // Wait until this backend's agents in the group have free slots that no other pull
+        // loop has reserved, and reserve them. Slots are picked only as rounds arrive: a
+        // pull waits long before its rounds do, and binding them at once would hand the
+        // rounds out in the order the pulls started instead of in turn.
+        let (consumer, reserved) = loop {
             let freed = shared.slots_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
@@ -687,9 +693,10 @@ async fn pull_loop(shared: Arc<Shared>, group: Group) {
                 let Some(group_state) = state.groups.get_mut(&group) else {
                     return;
                 };
-                if has_unreserved_slot(group_state, now_ms()) {
-                    group_state.reserved += 1;
-                    break group_state.consumer.clone();
+                let wanted = unreserved_slots(group_state, now_ms());
+                if wanted > 0 {
+                    group_state.reserved += wanted;
+                    break (group_state.consumer.clone(), wanted);
                 }
             }
             tokio::select! {
@@ -699,54 +706,82 @@ async fn pull_loop(shared: Arc<Shared>, group: Group) {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
-        let next = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            next = consumer.next(PULL_WAIT) => next,
+        let (deliveries, mut arrived) = mpsc::channel(reserved);
+        let pulled = async {
+            let pulled = consumer.next_batch(reserved, PULL_WAIT, &deliveries).await;
+            drop(deliveries);
+            pulled
         };
-        let session = {
+        let handed = async {
+            let mut received = 0;
+            while let Some(delivery) = arrived.recv().await {
+                received += 1;
+                hand_out(&shared, &group, delivery).await;
+            }
+            received
+        };
+        let (pulled, received) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            both = async { tokio::join!(pulled, handed) } => both,
+        };
+        {
             let mut state = shared.lock();
             let Some(group_state) = state.groups.get_mut(&group) else {
                 return;
             };
-            group_state.reserved = group_state.reserved.saturating_sub(1);
-            match &next {
-                Ok(Some(_)) => take_slot(group_state, now_ms()),
-                _ => None,
-            }
-        };
-        match next {
-            Ok(Some(delivery)) => match session {
-                Some(session) => dispatch(&shared, &group, session, delivery).await,
-                None => {
-                    // The free slots went into quarantine (or their agents left) meanwhile:
-                    // the round goes back to the queue, for another agent or a moment later.
-                    if let Err(err) = delivery.nak(Duration::from_secs(1)).await {
-                        tracing::debug!(%err, "releasing an undeliverable round failed");
-                    }
-                }
-            },
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(namespace = %group.namespace, subscription = %group.subscription, %err, "pulling round-robin rounds failed");
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+            group_state.reserved = group_state
+                .reserved
+                .saturating_sub(reserved.saturating_sub(received));
+        }
+        if let Err(err) = pulled {
+            tracing::warn!(namespace = %group.namespace, subscription = %group.subscription, %err, "pulling round-robin rounds failed");
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
 }
 
-/// Whether a pull loop may reserve a slot: more free slots than reservations, and an agent
-/// out of quarantine among the first of them (a bounded look, so that a group of thousands
-/// of agents costs no more per round than a small one).
-fn has_unreserved_slot(state: &GroupState, now: i64) -> bool {
-    state.free.len() > state.reserved
-        && state
-            .free
-            .iter()
-            .take(SLOT_SCAN + state.reserved)
-            .any(|id| state.ready_member(id, now).is_some())
+/// Gives one pulled round (for which a slot was reserved) a slot and sends it on its way.
+async fn hand_out(shared: &Arc<Shared>, group: &Group, delivery: Delivery) {
+    let session = {
+        let mut state = shared.lock();
+        state.groups.get_mut(group).and_then(|group_state| {
+            group_state.reserved = group_state.reserved.saturating_sub(1);
+            take_slot(group_state, now_ms())
+        })
+    };
+    match session {
+        Some(session) => {
+            let (shared, group) = (shared.clone(), group.clone());
+            tokio::spawn(async move { dispatch(&shared, &group, session, delivery).await });
+        }
+        None => {
+            // The free slots went into quarantine (or their agents left, or the group
+            // closed) meanwhile: the round goes back to the queue, for another agent or a
+            // moment later.
+            if let Err(err) = delivery.nak(Duration::from_secs(1)).await {
+                tracing::debug!(%err, "releasing an undeliverable round failed");
+            }
+        }
+    }
+}
+
+/// How many more slots a pull loop may reserve (at most [`PULL_BATCH`]): free slots of agents
+/// out of quarantine beyond those already reserved, counted over a bounded stretch of the free
+/// list, so that a group of thousands of agents costs no more per pull than a small one.
+fn unreserved_slots(state: &GroupState, now: i64) -> usize {
+    if state.free.len() <= state.reserved {
+        return 0;
+    }
+    let ready = state
+        .free
+        .iter()
+        .take(state.reserved + PULL_BATCH)
+        .filter(|id| state.ready_member(id, now).is_some())
+        .count();
+    ready.saturating_sub(state.reserved).min(PULL_BATCH)
 }
 
 /// Returns a slot to the group (at the front when it was not used).
