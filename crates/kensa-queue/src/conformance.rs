@@ -572,8 +572,7 @@ async fn batch_callers_share_in_proportion_to_their_requests(h: Harness) {
     let (received_tx, mut received_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let mut tasks = Vec::new();
     for (backend, loops) in [(0usize, 2usize), (1, 1), (2, 1)] {
-        let consumer: Arc<dyn crate::Consumer> =
-            Arc::from(queue.consumer(&group, settings()).await.unwrap());
+        let consumer = queue.consumer(&group, settings()).await.unwrap();
         for _ in 0..loops {
             let (consumer, received_tx) = (consumer.clone(), received_tx.clone());
             tasks.push(tokio::spawn(async move {
