@@ -771,16 +771,26 @@ async fn hand_out(shared: &Arc<Shared>, group: &Group, delivery: Delivery) {
 /// How many more slots a pull loop may reserve (at most [`PULL_BATCH`]): free slots of agents
 /// out of quarantine beyond those already reserved, counted over a bounded stretch of the free
 /// list, so that a group of thousands of agents costs no more per pull than a small one.
-fn unreserved_slots(state: &GroupState, now: i64) -> usize {
+/// Slots of quarantined agents met on the way move to the back of the list: at the front they
+/// hid every other agent's free slots, and round robin stopped for the group until the
+/// quarantine ended.
+fn unreserved_slots(state: &mut GroupState, now: i64) -> usize {
     if state.free.len() <= state.reserved {
         return 0;
     }
-    let ready = state
-        .free
-        .iter()
-        .take(state.reserved + PULL_BATCH)
-        .filter(|id| state.ready_member(id, now).is_some())
-        .count();
+    let wanted = state.reserved + PULL_BATCH;
+    let (mut ready, mut index) = (0, 0);
+    for _ in 0..(wanted + SLOT_SCAN).min(state.free.len()) {
+        if ready == wanted {
+            break;
+        }
+        if state.ready_member(&state.free[index], now).is_some() {
+            ready += 1;
+            index += 1;
+        } else if let Some(quarantined) = state.free.remove(index) {
+            state.free.push_back(quarantined);
+        }
+    }
     ready.saturating_sub(state.reserved).min(PULL_BATCH)
 }
 
@@ -982,7 +992,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
         let progressing = sweep(&shared, membership_changed);
         report_progress(&shared, progressing).await;
         sweeps += 1;
-        if sweeps % 10 == 0 {
+        if sweeps.is_multiple_of(10) {
             report_depths(&shared).await;
         }
     }
@@ -1139,10 +1149,8 @@ mod tests {
         assert_eq!(&rest[..], &frame[..]);
     }
 
-    /// Three agents with several free slots each, listed in blocks (as they joined): slots
-    /// go to the agents in turn, a quarantined agent is skipped, and a newcomer is next.
-    #[tokio::test]
-    async fn slots_rotate_over_the_agents() {
+    /// A group with no members yet, on an in-process queue.
+    async fn group_state() -> GroupState {
         let store: Arc<dyn Store> = Arc::new(
             kensa_store::sqlite::SqliteStore::open_in_memory()
                 .await
@@ -1151,19 +1159,55 @@ mod tests {
         let queue = kensa_queue::in_process::InProcessQueue::open(store)
             .await
             .unwrap();
-        let group = Group::new("default", "zone");
         let settings = ConsumerSettings {
             ack_wait: Duration::from_secs(10),
             max_deliver: 3,
         };
-        let mut state = GroupState {
-            consumer: queue.consumer(&group, settings).await.unwrap(),
+        GroupState {
+            consumer: queue
+                .consumer(&Group::new("default", "zone"), settings)
+                .await
+                .unwrap(),
             ack_wait_ms: 10_000,
             free: VecDeque::new(),
             members: HashMap::new(),
             takes: 0,
             reserved: 0,
-        };
+        }
+    }
+
+    /// A quarantined agent's free slots at the front of the list do not stop the other agents
+    /// from getting rounds (they did: round robin stalled until the quarantine ended).
+    #[tokio::test]
+    async fn quarantined_slots_do_not_hide_the_free_ones() {
+        let mut state = group_state().await;
+        for session in [1, 2] {
+            state.members.insert(session, Member::default());
+            for _ in 0..SLOTS_PER_AGENT {
+                state.free.push_back(session);
+            }
+        }
+        state.members.get_mut(&1).unwrap().quarantined_until = 100;
+        assert_eq!(unreserved_slots(&mut state, 50), SLOTS_PER_AGENT);
+        state.reserved = SLOTS_PER_AGENT;
+        assert_eq!(
+            unreserved_slots(&mut state, 50),
+            0,
+            "agent 2's slots are all reserved"
+        );
+        assert_eq!(
+            unreserved_slots(&mut state, 100),
+            SLOTS_PER_AGENT,
+            "agent 1 is back"
+        );
+        assert_eq!(take_slot(&mut state, 50), Some(2));
+    }
+
+    /// Three agents with several free slots each, listed in blocks (as they joined): slots
+    /// go to the agents in turn, a quarantined agent is skipped, and a newcomer is next.
+    #[tokio::test]
+    async fn slots_rotate_over_the_agents() {
+        let mut state = group_state().await;
         for session in [3, 2, 1] {
             state.members.insert(session, Member::default());
             for _ in 0..SLOTS_PER_AGENT {
