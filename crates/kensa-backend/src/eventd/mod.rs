@@ -630,9 +630,7 @@ impl Shard {
                 .recent_set
                 .contains(&id)
             {
-                self.deps.telemetry.events_duplicate.inc();
-                complete_now(origin, Some(id));
-                return None;
+                return self.already_stored(origin, Some(id));
             }
         }
         let namespace = event["metadata"]["namespace"]
@@ -711,11 +709,7 @@ impl Shard {
                 let cache_key = (namespace.clone(), name.clone());
                 let previous = match self.previous(&cache_key, generation, &key, resent).await {
                     Ok(Previous::State(previous)) => previous,
-                    Ok(Previous::AlreadyStored) => {
-                        self.deps.telemetry.events_duplicate.inc();
-                        complete_now(origin, id);
-                        return None;
-                    }
+                    Ok(Previous::AlreadyStored) => return self.already_stored(origin, id),
                     Err(err) => {
                         tracing::warn!(%err, event = %key, "could not read the previous event");
                         complete_error(origin, EventError::Unavailable(err.to_string()));
@@ -734,11 +728,7 @@ impl Shard {
             }
             None => match self.store_merged(&key, &mut event, resent).await {
                 Ok(Previous::State(_)) => None,
-                Ok(Previous::AlreadyStored) => {
-                    self.deps.telemetry.events_duplicate.inc();
-                    complete_now(origin, id);
-                    return None;
-                }
+                Ok(Previous::AlreadyStored) => return self.already_stored(origin, id),
                 Err(err) => {
                     tracing::warn!(%err, event = %key, "could not store the event");
                     complete_error(origin, EventError::Unavailable(err.to_string()));
@@ -784,6 +774,14 @@ impl Shard {
                 expire_silences,
             },
         })
+    }
+
+    /// Acknowledges an agent's re-sent result that is already stored, without storing or
+    /// handling it again.
+    fn already_stored(&self, origin: Origin, id: Option<Uuid>) -> Option<WriteItem> {
+        self.deps.telemetry.events_duplicate.inc();
+        complete_now(origin, id);
+        None
     }
 
     /// Claims a round-robin round for this result ([`crate::rounds::record::claim`]).

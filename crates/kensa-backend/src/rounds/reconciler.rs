@@ -64,8 +64,11 @@ struct Inner {
     /// Per `(namespace, check, subscription)`: whether its "round missed" event is failing, and
     /// when that was last read from the store (another backend, or this one before a restart,
     /// may have raised it).
-    failing: Mutex<HashMap<(String, String, String), (bool, i64)>>,
+    failing: Mutex<HashMap<MissKey, (bool, i64)>>,
 }
+
+/// `(namespace, check, subscription)`: what a "round missed" event is raised for.
+type MissKey = (String, String, String);
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Pending {
