@@ -11,11 +11,10 @@
 //!    Failed publishes are retried until the round's deadline.
 //! 3. Per group `(namespace, subscription)`, pull loops on each backend reserve free agent
 //!    slots of *this* backend's sessions in the group (up to one agent's worth each), pull as
-//!    many messages in one batch request from the group's shared consumer, and send each arriving request to the
-//!    agent that least recently got a round (a few slots per agent, so rounds do not wait for
-//!    each other's commits). The delivery
-//!    stays locked ("in flight") meanwhile; progress is reported to the queue while the agent
-//!    has time left.
+//!    many messages in one batch request from the group's shared consumer, and send each
+//!    arriving request to the agent that least recently got a round (a few slots per agent,
+//!    so rounds do not wait for each other's commits). The delivery stays locked ("in
+//!    flight") meanwhile; progress is reported to the queue while the agent has time left.
 //! 4. eventd claims the round when the result arrives ([`record::claim`]); only the first
 //!    execution is stored and handled, a second one is recorded as a duplicate. After the
 //!    commit, the tap ([`tap`]) tells this service, which acknowledges the delivery. A round is
@@ -865,6 +864,8 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
     // An agent runs one execution of a check at a time, and one that was quarantined while
     // this pull waited (it refused or timed out a round) gets none: hand the round to another
     // agent, or put it back for a moment.
+    // The choice and the hold are one step: dispatches run concurrently, and two rounds of
+    // one check must not both pass the check before either holds it.
     let key = execution_key(&round);
     let chosen = {
         let mut guard = shared.lock();
@@ -873,7 +874,7 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
         let available = |group_state: &GroupState, id: &SessionId| {
             !holding.contains(&(*id, key.clone())) && group_state.ready_member(id, now).is_some()
         };
-        match state.groups.get_mut(group) {
+        let chosen = match state.groups.get_mut(group) {
             Some(group_state) if available(group_state, &session) => Some(session),
             Some(group_state) => {
                 match group_state
@@ -890,21 +891,30 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
                 }
             }
             None => (!holding.contains(&(session, key.clone()))).then_some(session),
+        };
+        if let Some(chosen) = chosen {
+            state.holding.insert((chosen, key.clone()));
         }
+        chosen
     };
     let Some(session) = chosen else {
         give_back(shared, group, session, true);
         spawn_nak_after(delivery, Duration::from_millis(200));
         return;
     };
+    let unhold = |shared: &Shared| {
+        shared.lock().holding.remove(&(session, key.clone()));
+    };
     let Some(handle) = shared.dispatcher.session(session) else {
         // The agent left between taking the slot and now; the sweeper drops its slots.
+        unhold(shared);
         spawn_nak(delivery);
         shared.slots_freed.notify_waiters();
         return;
     };
     if handle.requests.try_send(frame).is_err() {
         tracing::warn!(agent = %handle.agent, round = %round.id, "agent request queue is full; the round goes to another agent");
+        unhold(shared);
         give_back(shared, group, session, false);
         spawn_nak(delivery);
         return;
@@ -938,7 +948,6 @@ async fn dispatch(shared: &Arc<Shared>, group: &Group, session: SessionId, deliv
         last_progress_ms: now,
     };
     let mut state = shared.lock();
-    state.holding.insert((session, key));
     state
         .in_flight
         .entry(flight.round.id.clone())
