@@ -10,6 +10,10 @@
 //!    [`QUEUE_FACTOR`]× that many more wait for a slot; beyond that the request is refused with
 //!    a warning (Sensu started a goroutine per request, without limit).
 //!
+//! Before all of these, a round-robin request read just after the agent's process did not run
+//! for a while ([`FreezeWatch`]: SIGSTOP, a paused VM) is refused: its round has gone to
+//! another agent meanwhile.
+//!
 //! Execution: token substitution of the whole check definition against the agent's
 //! synthesized entity (an unmatched token is a status-3 result naming it); its runtime assets
 //! installed (`assets/`; a failure, or assets with `disable-assets`, is a status-3 result
@@ -68,6 +72,71 @@ pub enum Refusal {
     QueueFull(usize),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error("the agent did not run for {0:?} (stopped or paused): a round that waited meanwhile is stale")]
+    Frozen(Duration),
+}
+
+/// How often the freeze watch ticks.
+const FREEZE_TICK: Duration = Duration::from_millis(250);
+/// A gap between ticks this long means the process did not run (SIGSTOP, a paused VM, a
+/// machine too starved to run a timer).
+const FREEZE: Duration = Duration::from_secs(2);
+/// How long after a freeze round-robin requests count as having waited through it.
+const THAW_WINDOW: Duration = Duration::from_millis(500);
+
+/// Notices that the agent's process did not run for a while. Round-robin requests that reached
+/// the agent meanwhile waited in its socket; by the time it reads them, the backend has given
+/// their rounds to other agents (at their deadline), so running them would only execute the
+/// rounds a second time. Those read in the moments after a freeze are refused instead: a round
+/// that is still in flight then goes to another agent at once, and a refused round is never
+/// lost. Subscription checks are not affected.
+#[derive(Debug)]
+pub struct FreezeWatch {
+    state: Mutex<FreezeState>,
+}
+
+#[derive(Debug)]
+struct FreezeState {
+    last_seen: std::time::Instant,
+    /// When the last freeze ended, and how long it was.
+    thawed: Option<(std::time::Instant, Duration)>,
+}
+
+impl FreezeWatch {
+    pub fn new(now: std::time::Instant) -> FreezeWatch {
+        FreezeWatch {
+            state: Mutex::new(FreezeState {
+                last_seen: now,
+                thawed: None,
+            }),
+        }
+    }
+
+    /// Records that the process runs at `now`; the freeze it just came out of, if any, and
+    /// whether `now` is still within [`THAW_WINDOW`] of one.
+    pub fn frozen_recently(&self, now: std::time::Instant) -> Option<Duration> {
+        let mut state = self.state.lock().expect("freeze lock poisoned");
+        let gap = now.saturating_duration_since(state.last_seen);
+        if gap >= FREEZE {
+            state.thawed = Some((now, gap));
+        }
+        state.last_seen = state.last_seen.max(now);
+        state
+            .thawed
+            .filter(|(at, _)| now.saturating_duration_since(*at) < THAW_WINDOW)
+            .map(|(_, gap)| gap)
+    }
+
+    /// Ticks until `watch` is dropped, so that a gap means the process was not running.
+    async fn tick(watch: std::sync::Weak<FreezeWatch>) {
+        loop {
+            tokio::time::sleep(FREEZE_TICK).await;
+            let Some(watch) = watch.upgrade() else {
+                return;
+            };
+            watch.frozen_recently(std::time::Instant::now());
+        }
+    }
 }
 
 /// Runs check requests. Shared (`Arc`) by the session reader (which calls [`handle`]) and the
@@ -96,6 +165,8 @@ pub struct CheckExecutor {
     assets: Option<Arc<AssetManager>>,
     /// `allow-list`; `None`: every command may run.
     allow_list: Option<Arc<AllowList>>,
+    /// Refuses round-robin requests that waited through a freeze of the process.
+    freeze: Arc<FreezeWatch>,
 }
 
 /// Releases a request's in-progress entry and admission slot however its task ends.
@@ -137,6 +208,10 @@ impl CheckExecutor {
         assets: Option<Arc<AssetManager>>,
         allow_list: Option<Arc<AllowList>>,
     ) -> Arc<CheckExecutor> {
+        let freeze = Arc::new(FreezeWatch::new(std::time::Instant::now()));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(FreezeWatch::tick(Arc::downgrade(&freeze)));
+        }
         Arc::new(CheckExecutor {
             agent_name,
             outbox,
@@ -151,6 +226,7 @@ impl CheckExecutor {
             closed: AtomicBool::new(false),
             assets,
             allow_list,
+            freeze,
         })
     }
 
@@ -170,6 +246,11 @@ impl CheckExecutor {
         };
         if self.closed.load(Ordering::Acquire) {
             return refused(Refusal::ShuttingDown);
+        }
+        if request.config.round_robin && !request.round.is_empty() {
+            if let Some(gap) = self.freeze.frozen_recently(std::time::Instant::now()) {
+                return refused(Refusal::Frozen(gap));
+            }
         }
         let round = match request.round.as_str() {
             "" => format!("issued:{}", request.issued),
@@ -550,6 +631,30 @@ fn stdin_json(entity: &Entity, check: &Check) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_freeze_makes_the_requests_read_just_after_it_stale() {
+        use std::time::Instant;
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let watch = super::FreezeWatch::new(start);
+        // Ticking along: never frozen.
+        for ms in (250..=2_000).step_by(250) {
+            assert_eq!(watch.frozen_recently(at(ms)), None, "{ms} ms");
+        }
+        // Not run for 8 s (SIGSTOP): what is read right after is stale, for a moment.
+        assert_eq!(
+            watch.frozen_recently(at(10_000)),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(
+            watch.frozen_recently(at(10_300)),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(watch.frozen_recently(at(10_600)), None);
+        // A gap just short of the threshold is not a freeze.
+        assert_eq!(watch.frozen_recently(at(12_500)), None);
+    }
+
     use super::*;
 
     #[test]
