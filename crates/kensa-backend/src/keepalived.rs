@@ -275,25 +275,28 @@ impl Service {
             self.failing.set(&namespace, &name, false);
         }
 
-        // The entity: the stored configuration wins; the agent owns its state fields.
+        // The entity: the stored configuration wins; the agent owns its state fields. The
+        // write is conditional on the revision the view shows, so a change the view has not
+        // applied yet (an entity updated through another backend a moment ago) is never
+        // overwritten: this keepalive's entity write is skipped and the next one applies.
         let entity_key = Key::new("entities", &namespace, &name);
         let reported = &keepalive["entity"];
-        let mut entity = match self.view.get(&entity_key) {
-            Some(stored) => {
+        let (mut entity, precondition) = match self.view.get_stored(&entity_key) {
+            Some((stored, revision)) => {
                 let mut entity = (*stored).clone();
                 for field in ["system", "sensu_agent_version", "user"] {
                     if !reported[field].is_null() {
                         entity[field] = reported[field].clone();
                     }
                 }
-                entity
+                (entity, Precondition::Revision(revision))
             }
             None => {
                 self.register(&namespace, reported, now).await;
                 let mut entity = reported.clone();
                 entity["entity_class"] = json!("agent");
                 crate::api::special::ensure_entity_subscription(&mut entity);
-                entity
+                (entity, Precondition::Absent)
             }
         };
         entity["last_seen"] = json!(now);
@@ -323,10 +326,11 @@ impl Service {
             event["id"] = json!(Uuid::new_v4().to_string());
         }
         let writes = vec![
-            (entity_key, entity),
+            (entity_key, entity, precondition),
             (
                 Key::new(LIVENESS_KIND, &namespace, &name),
                 liveness.record(),
+                Precondition::None,
             ),
         ];
         self.submit(
@@ -893,6 +897,141 @@ mod tests {
             }
         }
         assert_eq!(adopted.len(), orphans);
+        shutdown.cancel();
+    }
+
+    /// A keepalive is handled by a backend whose view has not yet applied a change of the
+    /// agent's entity made through another backend: the change survives (the keepalive's
+    /// entity write is compare-and-set on the revision the view shows), and once the view has
+    /// caught up the next keepalive updates the entity again, keeping the change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keepalive_never_overwrites_an_entity_change_its_view_has_not_seen() {
+        let store: Arc<dyn Store> = Arc::new(
+            kensa_store::sqlite::SqliteStore::open_in_memory()
+                .await
+                .unwrap(),
+        );
+        let entity_key = Key::new("entities", "default", "web-1");
+        let entity = |subscriptions: Value, last_seen: i64| {
+            Kind::Entity
+                .normalize(json!({
+                    "metadata": {"name": "web-1", "namespace": "default"},
+                    "entity_class": "agent",
+                    "subscriptions": subscriptions,
+                    "last_seen": last_seen,
+                }))
+                .unwrap()
+        };
+        store
+            .put(
+                &entity_key,
+                &entity(json!(["linux"]), 1),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        // Loaded, not following: the view stays as it was, like a view a moment behind.
+        let view = ConfigView::load(store.as_ref()).await.unwrap();
+        // Another backend adds a subscription.
+        store
+            .put(
+                &entity_key,
+                &entity(json!(["linux", "db"]), 1),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+
+        let shutdown = CancellationToken::new();
+        let telemetry = Arc::new(Telemetry::new());
+        let failing = Arc::new(FailingAgents::default());
+        let (pipeline_tx, mut pipeline_rx) = mpsc::channel(64);
+        let (duplicates_tx, _duplicates_rx) = mpsc::channel(8);
+        let (eventd, _) = Eventd::start(
+            store.clone(),
+            view.clone(),
+            telemetry.clone(),
+            failing.clone(),
+            pipeline_tx.clone(),
+            duplicates_tx,
+            Default::default(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move { while pipeline_rx.recv().await.is_some() {} });
+        let (membership, _) = crate::cluster::Membership::start(
+            crate::cluster::Identity::new("me".into(), String::new(), String::new()),
+            store.clone(),
+            crate::cluster::StoreLink::Embedded,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let (keepalived, _) = Keepalived::start(
+            store.clone(),
+            view.clone(),
+            eventd,
+            pipeline_tx,
+            failing,
+            telemetry,
+            membership,
+            shutdown.clone(),
+        );
+        let keepalive = Kind::Event
+            .normalize(json!({
+                "metadata": {"namespace": "default"},
+                "entity": {
+                    "metadata": {"name": "web-1", "namespace": "default"},
+                    "entity_class": "agent",
+                    "subscriptions": ["linux"],
+                    "system": {"hostname": "web-1"},
+                },
+                "check": {
+                    "metadata": {"name": "keepalive", "namespace": "default"},
+                    "interval": 20,
+                    "timeout": 120,
+                },
+            }))
+            .unwrap();
+        let stored_keepalive = Key::new("events", "default", "web-1/keepalive");
+        let keepalive_stored = |after: i64| {
+            let store = store.clone();
+            let key = stored_keepalive.clone();
+            async move {
+                for _ in 0..500 {
+                    if let Some(stored) = store.get(&key).await.unwrap() {
+                        if stored.revision > after {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("the keepalive was not stored");
+            }
+        };
+
+        assert!(keepalived.try_submit(keepalive.clone()));
+        keepalive_stored(0).await;
+        let stored = store.get(&entity_key).await.unwrap().unwrap();
+        assert_eq!(
+            stored.value["subscriptions"],
+            json!(["linux", "db"]),
+            "the keepalive overwrote a change its view had not applied"
+        );
+
+        // The view catches up: the next keepalive writes the entity, with the change.
+        tokio::spawn(view.clone().follow(store.clone(), shutdown.clone()));
+        let head = store.revision().await.unwrap();
+        view.wait_for(head).await;
+        assert!(keepalived.try_submit(keepalive));
+        keepalive_stored(head).await;
+        let stored = store.get(&entity_key).await.unwrap().unwrap();
+        assert_eq!(stored.value["subscriptions"], json!(["linux", "db"]));
+        assert!(
+            stored.value["last_seen"].as_i64().unwrap() > 1,
+            "the entity's last_seen was not updated: {}",
+            stored.value
+        );
+        assert_eq!(stored.value["system"]["hostname"], json!("web-1"));
         shutdown.cancel();
     }
 

@@ -48,6 +48,9 @@ const CHANGE_BROADCAST_CAPACITY: usize = 16_384;
 /// One resource of the view: its value and, once someone asked for it, its typed form.
 struct Entry {
     value: Arc<Value>,
+    /// The store revision of the write the value came from, for compare-and-set writes based
+    /// on what the view shows ([`ConfigView::get_stored`]).
+    revision: i64,
     /// The typed form [`ConfigView::decoded`] made of `value` (each kind is decoded to one
     /// type), so hot paths (pipelines, eventd) do not decode the same JSON once per event. A
     /// change of the resource replaces the whole entry, so it is never stale.
@@ -55,9 +58,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(value: Value) -> Arc<Entry> {
+    fn new(value: Value, revision: i64) -> Arc<Entry> {
         Arc::new(Entry {
             value: Arc::new(value),
+            revision,
             typed: OnceLock::new(),
         })
     }
@@ -109,7 +113,7 @@ impl ConfigView {
                     entries
                         .entry(item.key.namespace)
                         .or_default()
-                        .insert(item.key.name, Entry::new(item.value));
+                        .insert(item.key.name, Entry::new(item.value, item.revision));
                 }
                 match page.continue_token {
                     Some(token) => query.continue_token = Some(token),
@@ -163,7 +167,7 @@ impl ConfigView {
     fn apply(&self, changes: Vec<RawChange>, through: i64) {
         // Parsed before the lock is taken. A stored value that is not JSON (never written by
         // the API) removes the entry rather than keeping a stale one.
-        let parsed: Vec<(Key, Option<Value>)> = changes
+        let parsed: Vec<(Key, Option<Value>, i64)> = changes
             .into_iter()
             .map(|change| {
                 let value = match change.op {
@@ -176,20 +180,20 @@ impl ConfigView {
                     }),
                     ChangeOp::Delete => None,
                 };
-                (change.key, value)
+                (change.key, value, change.revision)
             })
             .collect();
         let mut changed_keys = Vec::with_capacity(parsed.len());
         {
             let mut entries = self.entries.write().expect("view lock poisoned");
-            for (key, value) in parsed {
+            for (key, value, revision) in parsed {
                 changed_keys.push(key.clone());
                 let kind = entries.entry(key.kind).or_default();
                 match value {
                     Some(value) => {
                         kind.entry(key.namespace)
                             .or_default()
-                            .insert(key.name, Entry::new(value));
+                            .insert(key.name, Entry::new(value, revision));
                     }
                     None => {
                         if let Some(names) = kind.get_mut(&key.namespace) {
@@ -219,6 +223,14 @@ impl ConfigView {
     pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
         self.entry(&key.kind, &key.namespace, &key.name)
             .map(|entry| entry.value.clone())
+    }
+
+    /// The value and the store revision it was written at: a writer that derives a new value
+    /// from the view's writes it with `Precondition::Revision(revision)`, so a change the view
+    /// has not applied yet (made through another backend) is never overwritten.
+    pub fn get_stored(&self, key: &Key) -> Option<(Arc<Value>, i64)> {
+        self.entry(&key.kind, &key.namespace, &key.name)
+            .map(|entry| (entry.value.clone(), entry.revision))
     }
 
     fn entry(&self, kind: &str, namespace: &str, name: &str) -> Option<Arc<Entry>> {

@@ -864,10 +864,17 @@ pub async fn put_each_skips_only_the_writes_whose_precondition_fails(store: Arc<
             // Creates: slot 1 exists, slot 4 does not.
             (slot(1), json!({"round": "r3"}), Precondition::Absent),
             (slot(4), json!({"round": "r3"}), Precondition::Absent),
+            // Slot 3 did not exist before the call, but an earlier item wrote it.
+            (slot(3), json!({"round": "r4"}), Precondition::Absent),
         ])
         .await
         .unwrap();
-    assert_eq!(outcomes.len(), 7);
+    assert_eq!(outcomes.len(), 8);
+    assert!(
+        matches!(outcomes[7], Err(StoreError::AlreadyExists(_))),
+        "{:?}",
+        outcomes[7]
+    );
     assert!(
         matches!(outcomes[5], Err(StoreError::AlreadyExists(_))),
         "{:?}",

@@ -345,6 +345,9 @@ async fn put_each_in(
 
 /// The current revisions of those of `keys` that exist.
 async fn revisions_of(conn: &mut PgConnection, keys: &[&Key]) -> Result<HashMap<Key, i64>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
     let kinds: Vec<&str> = keys.iter().map(|key| key.kind.as_str()).collect();
     let namespaces: Vec<&str> = keys.iter().map(|key| key.namespace.as_str()).collect();
     let names: Vec<&str> = keys.iter().map(|key| key.name.as_str()).collect();

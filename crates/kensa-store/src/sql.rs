@@ -81,9 +81,14 @@ impl<'a> PutEachPlan<'a> {
         PutEachPlan { writes, answers }
     }
 
-    /// The keys of `items`, for reading their current revisions.
+    /// The keys of `items` whose precondition needs their current revision (an unconditional
+    /// write needs none, so a batch of mostly unconditional writes reads little).
     pub(crate) fn keys<'k>(items: &[(&'k Key, String, Precondition)]) -> Vec<&'k Key> {
-        items.iter().map(|(key, _, _)| *key).collect()
+        items
+            .iter()
+            .filter(|(_, _, precondition)| *precondition != Precondition::None)
+            .map(|(key, _, _)| *key)
+            .collect()
     }
 
     /// The answers once the writes were made, the last of them at `last_revision` (`None`:

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 
-use kensa_store::{Key, Store};
+use kensa_store::{Key, Precondition, Store};
 use kensa_types::event_state::CheckState;
 use kensa_types::resources::silenced::Silenced;
 use kensa_types::Kind;
@@ -95,7 +95,7 @@ pub enum Work {
     Result {
         event: Value,
         origin: Origin,
-        extra_writes: Vec<(Key, Value)>,
+        extra_writes: Vec<Write>,
     },
     /// The TTL of `key` ran out: record a failure unless a fresher result arrived.
     TtlExpired { key: Key },
@@ -108,6 +108,12 @@ pub enum Work {
     },
 }
 
+/// A write stored in the transaction of an event. One whose precondition fails is skipped and
+/// the rest of the transaction stands: a conditional write says "unless this changed
+/// meanwhile" (a keepalive's entity, derived from the view, yields to a change the view has not
+/// applied yet; an auto-created proxy entity yields to one created meanwhile).
+pub type Write = (Key, Value, Precondition);
+
 pub struct Submission {
     pub shard_key: u64,
     pub work: Work,
@@ -118,11 +124,7 @@ impl Submission {
         Submission::with_writes(event, origin, Vec::new())
     }
 
-    pub fn with_writes(
-        event: Value,
-        origin: Origin,
-        extra_writes: Vec<(Key, Value)>,
-    ) -> Submission {
+    pub fn with_writes(event: Value, origin: Origin, extra_writes: Vec<Write>) -> Submission {
         let shard_key = shard_key_of(&event);
         Submission {
             shard_key,
@@ -450,7 +452,7 @@ pub(crate) struct Completion {
 pub(crate) struct WriteItem {
     shard: usize,
     cache_key: Option<(String, String)>,
-    writes: Vec<(Key, Value)>,
+    writes: Vec<Write>,
     completion: Completion,
 }
 
@@ -609,7 +611,7 @@ impl Shard {
         &self,
         mut event: Value,
         origin: Origin,
-        extra_writes: Vec<(Key, Value)>,
+        extra_writes: Vec<Write>,
         claimed: Option<kensa_store::Result<Claim>>,
     ) -> Option<WriteItem> {
         let now = crate::api::now_unix();
@@ -759,7 +761,7 @@ impl Shard {
         let processed = decode_processed(&event);
         if cache_key.is_some() {
             // The pipelines have their (whole) copy: the event itself becomes the write.
-            writes.push((key, into_stored(event)));
+            writes.push((key, into_stored(event), Precondition::None));
         }
         self.deps.telemetry.events_processed.inc();
         Some(WriteItem {
@@ -860,11 +862,7 @@ impl Shard {
                 Some(current) => {
                     self.deps
                         .store
-                        .put(
-                            key,
-                            &stored,
-                            kensa_store::Precondition::Revision(current.revision),
-                        )
+                        .put(key, &stored, Precondition::Revision(current.revision))
                         .await
                 }
                 None => self.deps.store.create(key, &stored).await,
@@ -888,7 +886,7 @@ impl Shard {
 
     /// Replaces a proxy event's entity with the stored one, creating a proxy entity when it
     /// does not exist (reference §3.6 step 3).
-    fn attach_entity(&self, namespace: &str, event: &mut Value, writes: &mut Vec<(Key, Value)>) {
+    fn attach_entity(&self, namespace: &str, event: &mut Value, writes: &mut Vec<Write>) {
         let proxy = event["check"]["proxy_entity_name"]
             .as_str()
             .unwrap_or_default()
@@ -909,7 +907,7 @@ impl Shard {
             event["entity"] = (*stored).clone();
             return;
         }
-        if writes.iter().any(|(k, _)| *k == key) {
+        if writes.iter().any(|(k, _, _)| *k == key) {
             return;
         }
         let mut entity = if event["entity"]["metadata"]["name"] == json!(target) {
@@ -929,7 +927,9 @@ impl Shard {
         match Kind::Entity.normalize(entity) {
             Ok(entity) => {
                 event["entity"] = entity.clone();
-                writes.push((key, entity));
+                // The view may not show an entity created just now (through another backend):
+                // never replace it.
+                writes.push((key, entity, Precondition::Absent));
             }
             Err(err) => tracing::warn!(%err, entity = %target, "could not create a proxy entity"),
         }

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kensa_store::{Key, Precondition};
+use kensa_store::{Key, Precondition, Store};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{AckBatch, AckTarget, Deps, EventError, Origin, ShardCache, WriteItem};
+use super::{AckBatch, AckTarget, Deps, EventError, Origin, ShardCache, Write, WriteItem};
 use crate::dispatch::SessionId;
 
 /// Committed batches waiting for their completions. One: while it is completed the next
@@ -79,17 +79,12 @@ async fn commit(
     mut batch: Vec<WriteItem>,
 ) -> Option<Committed> {
     // Moved, not copied: nothing needs the written values after the commit.
-    let all: Vec<(Key, Value)> = batch
+    let all: Vec<Write> = batch
         .iter_mut()
         .flat_map(|item| std::mem::take(&mut item.writes))
         .collect();
     let started = Instant::now();
-    // Items whose event was written with compare-and-set may bring nothing more to write.
-    let result = if all.is_empty() {
-        Ok(())
-    } else {
-        deps.store.put_all(&all).await
-    };
+    let (result, all) = store_writes(&*deps.store, all).await;
     deps.telemetry
         .event_batch_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -119,6 +114,34 @@ async fn commit(
             None
         }
     }
+}
+
+/// Stores `writes` in one transaction and hands them back, without their preconditions, to
+/// be dropped off the commit path. Unconditional batches (nearly all of them) take the plain
+/// multi-row write; a conditional write whose precondition fails is skipped and logged, the
+/// others stand (see [`Write`]).
+async fn store_writes(
+    store: &dyn Store,
+    writes: Vec<Write>,
+) -> (kensa_store::Result<()>, Vec<(Key, Value)>) {
+    let conditional = writes.iter().any(|(_, _, p)| *p != Precondition::None);
+    let result = if writes.is_empty() {
+        // Items whose event was written with compare-and-set may bring nothing more to write.
+        Ok(())
+    } else if conditional {
+        store.put_each(&writes).await.map(|outcomes| {
+            for (outcome, (key, _, _)) in outcomes.into_iter().zip(&writes) {
+                if let Err(err) = outcome {
+                    tracing::debug!(%key, %err, "conditional write skipped: changed meanwhile");
+                }
+            }
+        })
+    } else {
+        let plain: Vec<(Key, Value)> = writes.into_iter().map(|(k, v, _)| (k, v)).collect();
+        let result = store.put_all(&plain).await;
+        return (result, plain);
+    };
+    (result, writes.into_iter().map(|(k, v, _)| (k, v)).collect())
 }
 
 async fn complete(deps: &Deps, batch: Vec<WriteItem>) {
