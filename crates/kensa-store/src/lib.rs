@@ -134,7 +134,9 @@ pub struct Change {
     pub revision: i64,
     pub op: ChangeOp,
     pub key: Key,
-    /// The new value for `Put`; `None` for `Delete`.
+    /// For `Put`, the key's value while this entry is its latest write; `None` for a `Put`
+    /// that a later write replaced (that entry carries the state) and for `Delete`. The feed
+    /// records which keys changed; values are stored once, with the resource.
     pub value: Option<Value>,
 }
 
@@ -243,7 +245,8 @@ pub trait Store: Send + Sync + 'static {
     async fn revision(&self) -> Result<i64>;
 
     /// Changes with a revision greater than `after`, oldest first, at most `limit` (0 means
-    /// [`DEFAULT_PAGE_SIZE`]). Empty when there is nothing newer.
+    /// [`DEFAULT_PAGE_SIZE`]): every revision, with values as [`Change::value`] says. Empty
+    /// when there is nothing newer.
     async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>>;
 
     /// The changes of `kinds` with a revision greater than `after`, oldest first, at most
@@ -252,6 +255,8 @@ pub trait Store: Send + Sync + 'static {
     /// Because the result skips revisions, the follower continues after
     /// [`KindChanges::through`] and learns of pruning from [`KindChanges::pruned`], not from a
     /// gap. Consistent like `changes_since`: nothing at or below `through` commits later.
+    /// A `Put` that a later write replaced is skipped too (the entry that replaced it is
+    /// returned at its revision), so every returned `Put` has its value.
     async fn changes_of_kinds(
         &self,
         after: i64,

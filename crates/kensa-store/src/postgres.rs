@@ -284,23 +284,22 @@ async fn upsert(conn: &mut PgConnection, key: &Key, value_text: &str, revision: 
     .execute(&mut *conn)
     .await
     .map_err(|err| sql::translate(key, err))?;
-    record_change(conn, revision, ChangeOp::Put, key, Some(value_text)).await
+    record_change(conn, revision, ChangeOp::Put, key).await
 }
 
+/// Appends the change-feed entry of a write (no value: see [`sql::CHANGES_WITH_VALUES`]).
 async fn record_change(
     conn: &mut PgConnection,
     revision: i64,
     op: ChangeOp,
     key: &Key,
-    value_text: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO changes (revision, op, kind, namespace, name, value) VALUES ($1, $2, $3, $4, $5, $6)")
+    sqlx::query("INSERT INTO changes (revision, op, kind, namespace, name) VALUES ($1, $2, $3, $4, $5)")
         .bind(revision)
         .bind(sql::op_text(op))
         .bind(&key.kind)
         .bind(&key.namespace)
         .bind(&key.name)
-        .bind(value_text)
         .execute(&mut *conn)
         .await
         .map_err(|err| sql::translate(key, err))?;
@@ -405,7 +404,7 @@ async fn delete_in(
         .execute(&mut *conn)
         .await
         .map_err(|err| sql::translate(key, err))?;
-    record_change(conn, revision, ChangeOp::Delete, key, None).await?;
+    record_change(conn, revision, ChangeOp::Delete, key).await?;
     Ok(Written {
         value: (),
         last_revision: Some(revision),
@@ -543,16 +542,15 @@ async fn put_all_in(conn: &mut PgConnection, items: &[(&Key, String)]) -> Result
     .map_err(|err| sql::translate(&subject, err))?;
     let rows = BatchColumns::of(items, 0..items.len(), first);
     sqlx::query(
-        "INSERT INTO changes (revision, op, kind, namespace, name, value) \
-         SELECT revision, 'put', kind, namespace, name, value \
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-             AS batch (revision, kind, namespace, name, value)",
+        "INSERT INTO changes (revision, op, kind, namespace, name) \
+         SELECT revision, 'put', kind, namespace, name \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[]) \
+             AS batch (revision, kind, namespace, name)",
     )
     .bind(&rows.revisions)
     .bind(&rows.kinds)
     .bind(&rows.namespaces)
     .bind(&rows.names)
-    .bind(&rows.values)
     .execute(&mut *conn)
     .await
     .map_err(|err| sql::translate(&subject, err))?;
@@ -794,10 +792,10 @@ impl Store for PostgresStore {
     }
 
     async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
-        let rows = sqlx::query(
-            "SELECT revision, op, kind, namespace, name, value FROM changes \
-             WHERE revision > $1 ORDER BY revision LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {} WHERE c.revision > $1 ORDER BY c.revision LIMIT $2",
+            sql::CHANGES_WITH_VALUES
+        ))
         .bind(after)
         .bind(sql::sql_limit(sql::page_size(limit)))
         .fetch_all(&self.readers)
@@ -816,18 +814,21 @@ impl Store for PostgresStore {
         // One statement, hence one snapshot: the head, the rows up to it and whether the
         // revision after `after` is still in the feed. Without a matching row the join still
         // yields one row (change columns NULL) carrying the head.
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT head.revision AS head, \
                     EXISTS (SELECT 1 FROM changes WHERE revision = $1 + 1) AS next_kept, \
-                    c.revision, c.op, c.kind, c.namespace, c.name, c.value \
+                    page.revision, page.op, page.kind, page.namespace, page.name, page.value \
              FROM store_revision AS head \
              LEFT JOIN LATERAL ( \
-                 SELECT revision, op, kind, namespace, name, value FROM changes \
-                 WHERE revision > $1 AND revision <= head.revision AND kind = ANY($2) \
-                 ORDER BY revision LIMIT $3 \
-             ) AS c ON TRUE \
-             ORDER BY c.revision",
-        )
+                 SELECT {} \
+                 WHERE {} AND c.revision > $1 AND c.revision <= head.revision \
+                     AND c.kind = ANY($2) \
+                 ORDER BY c.revision LIMIT $3 \
+             ) AS page ON TRUE \
+             ORDER BY page.revision",
+            sql::CHANGES_WITH_VALUES,
+            sql::NOT_SUPERSEDED
+        ))
         .bind(after)
         .bind(kinds)
         .bind(sql::sql_limit(page_size))

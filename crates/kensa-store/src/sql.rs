@@ -27,6 +27,22 @@ pub(crate) fn page_size(limit: usize) -> usize {
     }
 }
 
+/// The select list and `FROM` clause of a change-feed read (alias `c` for `changes`, `r` for
+/// `resources`). A change-feed entry records which key changed, not the value: writes store
+/// each value once, in `resources` (the event path writes one row per event instead of two
+/// copies), and a read takes a `put`'s value from the resource while it is still at that
+/// revision. A `put` that a later write replaced reads without a value (`NULL`); the later
+/// entry carries the key's state. (Entries written before this layout kept their value in
+/// `changes.value`, which is no longer read.)
+pub(crate) const CHANGES_WITH_VALUES: &str = "c.revision AS revision, c.op AS op, \
+     c.kind AS kind, c.namespace AS namespace, c.name AS name, r.value AS value \
+     FROM changes c LEFT JOIN resources r ON r.kind = c.kind AND r.namespace = c.namespace \
+     AND r.name = c.name AND r.revision = c.revision";
+
+/// Keeps the entries a follower needs: deletions, and `put`s still current. A follower that
+/// skips a replaced `put` loses nothing, since the entry that replaced it follows.
+pub(crate) const NOT_SUPERSEDED: &str = "(c.op = 'delete' OR r.value IS NOT NULL)";
+
 /// The most rows one multi-row `INSERT` of `put_all` carries (SQLite; 6 parameters a row,
 /// far below SQLite's limit of 32,766).
 pub(crate) const MAX_ROWS_PER_INSERT: usize = 64;

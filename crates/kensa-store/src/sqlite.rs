@@ -245,23 +245,22 @@ async fn upsert(
     .execute(&mut *conn)
     .await
     .map_err(|err| sql::translate(key, err))?;
-    record_change(conn, revision, ChangeOp::Put, key, Some(value_text)).await
+    record_change(conn, revision, ChangeOp::Put, key).await
 }
 
+/// Appends the change-feed entry of a write (no value: see [`sql::CHANGES_WITH_VALUES`]).
 async fn record_change(
     conn: &mut SqliteConnection,
     revision: i64,
     op: ChangeOp,
     key: &Key,
-    value_text: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO changes (revision, op, kind, namespace, name, value) VALUES (?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO changes (revision, op, kind, namespace, name) VALUES (?, ?, ?, ?, ?)")
         .bind(revision)
         .bind(sql::op_text(op))
         .bind(&key.kind)
         .bind(&key.namespace)
         .bind(&key.name)
-        .bind(value_text)
         .execute(&mut *conn)
         .await
         .map_err(|err| sql::translate(key, err))?;
@@ -377,7 +376,7 @@ async fn delete_in(
         .execute(&mut *conn)
         .await
         .map_err(|err| sql::translate(key, err))?;
-    record_change(conn, revision, ChangeOp::Delete, key, None).await?;
+    record_change(conn, revision, ChangeOp::Delete, key).await?;
     Ok(Written {
         value: (),
         last_revision: Some(revision),
@@ -527,17 +526,16 @@ async fn put_all_in(conn: &mut SqliteConnection, items: &[(&Key, String)]) -> Re
             .await
             .map_err(|err| sql::translate(&subject, err))?;
         let mut log = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO changes (revision, op, kind, namespace, name, value) ",
+            "INSERT INTO changes (revision, op, kind, namespace, name) ",
         );
         log.push_values(
             chunk.iter().zip(chunk_first..),
-            |mut row, ((key, value_text), revision)| {
+            |mut row, ((key, _), revision)| {
                 row.push_bind(revision)
                     .push_bind(sql::op_text(ChangeOp::Put))
                     .push_bind(key.kind.as_str())
                     .push_bind(key.namespace.as_str())
-                    .push_bind(key.name.as_str())
-                    .push_bind(value_text.as_str());
+                    .push_bind(key.name.as_str());
             },
         );
         log.build()
@@ -760,9 +758,10 @@ impl Store for SqliteStore {
     }
 
     async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
-        let rows = sqlx::query(
-            "SELECT revision, op, kind, namespace, name, value FROM changes WHERE revision > ? ORDER BY revision LIMIT ?",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {} WHERE c.revision > ? ORDER BY c.revision LIMIT ?",
+            sql::CHANGES_WITH_VALUES
+        ))
         .bind(after)
         .bind(sql::sql_limit(sql::page_size(limit)))
         .fetch_all(&self.readers)
@@ -793,20 +792,22 @@ impl Store for SqliteStore {
         let page_size = sql::page_size(limit);
         let mut changes = Vec::new();
         if !kinds.is_empty() {
-            let mut select = QueryBuilder::<Sqlite>::new(
-                "SELECT revision, op, kind, namespace, name, value FROM changes WHERE revision > ",
-            );
+            let mut select = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {} WHERE {} AND c.revision > ",
+                sql::CHANGES_WITH_VALUES,
+                sql::NOT_SUPERSEDED
+            ));
             select
                 .push_bind(after)
-                .push(" AND revision <= ")
+                .push(" AND c.revision <= ")
                 .push_bind(head)
-                .push(" AND kind IN (");
+                .push(" AND c.kind IN (");
             let mut separated = select.separated(", ");
             for kind in kinds {
                 separated.push_bind((*kind).to_owned());
             }
             select
-                .push(") ORDER BY revision LIMIT ")
+                .push(") ORDER BY c.revision LIMIT ")
                 .push_bind(sql::sql_limit(page_size));
             let rows = select
                 .build()
