@@ -919,6 +919,83 @@ mod tests {
         );
     }
 
+    /// A database written by a build before migration 0002 (a WITHOUT ROWID `resources`
+    /// table) opens with every resource, revision and listing order intact, and takes writes.
+    #[tokio::test]
+    async fn a_database_from_before_the_rowid_migration_keeps_its_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kensa.db");
+        {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            let all = sqlx::migrate!("./migrations/sqlite");
+            let first_only = sqlx::migrate::Migrator {
+                migrations: std::borrow::Cow::Owned(all.migrations[..1].to_vec()),
+                ..all
+            };
+            first_only.run(&pool).await.unwrap();
+            for (revision, name) in [(1, "web"), (2, "db"), (3, "api")] {
+                sqlx::query(
+                    "INSERT INTO resources (kind, namespace, name, value, revision) \
+                     VALUES ('checks', 'default', ?, ?, ?)",
+                )
+                .bind(name)
+                .bind(format!(r#"{{"command":"check-{name}"}}"#))
+                .bind(revision)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            sqlx::query("UPDATE store_revision SET revision = 3")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let table: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'resources'")
+                .fetch_one(&store.readers)
+                .await
+                .unwrap();
+        assert!(!table.contains("WITHOUT ROWID"), "{table}");
+        let web = Key::new("checks", "default", "web");
+        let stored = store.get(&web).await.unwrap().unwrap();
+        assert_eq!(stored.value, serde_json::json!({"command": "check-web"}));
+        assert_eq!(stored.revision, 1);
+        let listed = store
+            .list(&ListQuery {
+                kind: "checks".into(),
+                namespace: Some("default".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let names: Vec<&str> = listed.items.iter().map(|i| i.key.name.as_str()).collect();
+        assert_eq!(names, ["api", "db", "web"]);
+        assert_eq!(
+            store
+                .put(&web, &serde_json::json!({}), Precondition::Revision(1))
+                .await
+                .unwrap(),
+            4
+        );
+        assert!(matches!(
+            store
+                .create(&Key::new("checks", "default", "db"), &serde_json::json!({}))
+                .await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+    }
+
     /// What a write cancelled right after its `BEGIN` leaves behind (sqlx has run `BEGIN` but
     /// no transaction object exists to end it): the next writes still succeed.
     #[tokio::test]
