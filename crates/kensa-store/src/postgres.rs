@@ -294,15 +294,17 @@ async fn record_change(
     op: ChangeOp,
     key: &Key,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO changes (revision, op, kind, namespace, name) VALUES ($1, $2, $3, $4, $5)")
-        .bind(revision)
-        .bind(sql::op_text(op))
-        .bind(&key.kind)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .execute(&mut *conn)
-        .await
-        .map_err(|err| sql::translate(key, err))?;
+    sqlx::query(
+        "INSERT INTO changes (revision, op, kind, namespace, name) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(revision)
+    .bind(sql::op_text(op))
+    .bind(&key.kind)
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| sql::translate(key, err))?;
     Ok(())
 }
 

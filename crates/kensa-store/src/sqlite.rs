@@ -33,6 +33,12 @@ const WRITER_CACHE_SIZE: &str = "-32768";
 /// Concurrent readers. WAL readers do not block each other or the writer; a handful covers the
 /// API and the followers without one thread per request.
 const READER_CONNECTIONS: u32 = 4;
+/// How often the checkpointer copies the WAL's new pages into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// A WAL this many pages long (256 MiB at 4 KiB pages) is checkpointed in `RESTART` mode,
+/// which waits for the writer and makes the next write start the WAL over: a fallback for
+/// when passive checkpoints never see a quiet moment to finish in.
+const WAL_RESTART_PAGES: i64 = 65_536;
 
 pub struct SqliteStore {
     /// Serves every read. Equal to `writer` for an in-memory database, which exists only
@@ -45,6 +51,17 @@ pub struct SqliteStore {
     signal: RevisionSignal,
     /// How often `wait_for_change` reads the revision itself when nothing woke it.
     poll_interval: Duration,
+    /// The background checkpointer of a file database (stopped with the store).
+    checkpointer: Option<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SqliteStore {
@@ -74,10 +91,16 @@ impl SqliteStore {
         // cache a batch spilled dirty pages to the WAL mid-transaction, and multi-row
         // statements spilled their statement journal to a temporary file. Its own larger
         // cache (filled only as pages are touched) and in-memory temporaries avoid both.
+        //
+        // Checkpoints (copying the WAL's pages into the database file, with its fsyncs) run on
+        // a connection of their own ([`checkpoint_loop`]) instead of inside whichever commit
+        // crossed SQLite's 1,000-page threshold: with hundreds of thousands of events stored,
+        // such a commit stalled every event behind it for up to a second.
         let writer_options = options
             .clone()
             .pragma("cache_size", WRITER_CACHE_SIZE)
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(writer_options)
@@ -88,12 +111,19 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|err| sql::translate(&subject, err.into()))?;
+        let checkpoints = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|err| sql::translate(&subject, err))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
             .connect_with(options)
             .await
             .map_err(|err| sql::translate(&subject, err))?;
-        SqliteStore::from_pools(readers, writer).await
+        let mut store = SqliteStore::from_pools(readers, writer).await?;
+        store.checkpointer = Some(AbortOnDrop(tokio::spawn(checkpoint_loop(checkpoints))));
+        Ok(store)
     }
 
     /// A private, empty database that lives as long as the store (for tests and tools). It is
@@ -124,6 +154,7 @@ impl SqliteStore {
             writer,
             signal: RevisionSignal::new(0),
             poll_interval: sql::DEFAULT_CHANGE_POLL_INTERVAL,
+            checkpointer: None,
         };
         let current = store.revision().await?;
         store.signal = RevisionSignal::new(current);
@@ -285,6 +316,36 @@ async fn put_in(
 
 /// `put_each` inside the writer's transaction: one read of the keys' revisions, then the
 /// accepted writes as one `put_all` (a handful of statements for the whole batch).
+/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] on its own connection, so no commit waits
+/// for one. `PASSIVE` never blocks the writer or readers; a WAL that grew past
+/// [`WAL_RESTART_PAGES`] anyway (writes so steady that a passive checkpoint never finishes
+/// before new pages arrive, so the WAL is never started over) gets a `RESTART` checkpoint,
+/// which waits for the writer's current transaction. Runs until the store is dropped; errors
+/// (a busy database) are retried at the next tick.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let passive: std::result::Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await;
+        match passive {
+            Ok((_, wal_pages, _)) if wal_pages >= WAL_RESTART_PAGES => {
+                if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(%err, wal_pages, "restarting the store's WAL failed");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(%err, "store checkpoint failed; retrying"),
+        }
+    }
+}
+
 async fn put_each_in(
     conn: &mut SqliteConnection,
     items: Vec<(&Key, String, Precondition)>,
@@ -994,6 +1055,38 @@ mod tests {
                 .await,
             Err(StoreError::AlreadyExists(_))
         ));
+    }
+
+    /// Commits no longer checkpoint (the writer's automatic checkpoints are off): the
+    /// background checkpointer copies the WAL into the database file while the store is open.
+    #[tokio::test]
+    async fn the_checkpointer_moves_writes_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kensa.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let empty = std::fs::metadata(&path).unwrap().len();
+        let value = serde_json::json!({"output": "x".repeat(2000)});
+        for batch in 0..10 {
+            let items: Vec<(Key, Value)> = (0..100)
+                .map(|i| {
+                    let name = format!("agent-{batch}/check-{i}");
+                    (Key::new("events", "default", name), value.clone())
+                })
+                .collect();
+            store.put_all(&items).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            if size > empty + 2_000_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {size} bytes (empty: {empty})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// What a write cancelled right after its `BEGIN` leaves behind (sqlx has run `BEGIN` but
