@@ -27,9 +27,11 @@ use crate::{
 /// How long a statement waits for a lock held by another connection (another process, or a
 /// checkpoint) before failing with `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The writer connection's page cache (`PRAGMA cache_size`; negative: KiB), room for the
-/// dirty pages of a large event batch.
-const WRITER_CACHE_SIZE: &str = "-32768";
+/// The writer connection's page cache (`PRAGMA cache_size`; negative: KiB, filled only as pages
+/// are touched): room for the dirty pages of a large event batch, and for the pages of the
+/// event rows an upsert reads (10,000 agents keep ~200,000 events, ~400 MiB; 32 MiB gave ingest
+/// p99 669–728 ms in `bench/scale.sh`, 256 MiB 545 ms).
+const WRITER_CACHE_SIZE: &str = "-262144";
 /// Concurrent readers. WAL readers do not block each other or the writer; a handful covers the
 /// API and the followers without one thread per request.
 const READER_CONNECTIONS: u32 = 4;
