@@ -631,12 +631,14 @@ fn stdin_json(entity: &Entity, check: &Check) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_freeze_makes_the_requests_read_just_after_it_stale() {
         use std::time::Instant;
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let watch = super::FreezeWatch::new(start);
+        let watch = FreezeWatch::new(start);
         // Ticking along: never frozen.
         for ms in (250..=2_000).step_by(250) {
             assert_eq!(watch.frozen_recently(at(ms)), None, "{ms} ms");
@@ -654,8 +656,6 @@ mod tests {
         // A gap just short of the threshold is not a freeze.
         assert_eq!(watch.frozen_recently(at(12_500)), None);
     }
-
-    use super::*;
 
     #[test]
     fn every_check_gets_a_timeout() {
