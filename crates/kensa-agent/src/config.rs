@@ -1,7 +1,7 @@
 //! `kensa-agent` settings: flags, `KENSA_AGENT_*` environment variables and an optional YAML
 //! config file (`-c`), in that order of precedence, over built-in defaults. Option names are
 //! Sensu's agent options (reference §2.12) so an existing `agent.yml` mostly carries over; the
-//! ones Kensa does not implement yet (mTLS…) are refused by name rather than silently ignored.
+//! ones Kensa does not implement are refused by name rather than silently ignored.
 //!
 //! [`StartArgs::resolve`] is pure (it reads the config file and the `allow-list` file, nothing
 //! else): it turns the raw options into an [`AgentConfig`] and every validation error names
@@ -151,6 +151,13 @@ pub struct StartArgs {
     /// PEM file of the CAs trusted for `wss://` backends.
     #[arg(long, env = "KENSA_AGENT_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
+    /// PEM client certificate for `wss://` backends (mTLS): the agent authenticates with it
+    /// and sends no password.
+    #[arg(long, env = "KENSA_AGENT_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert-file`.
+    #[arg(long, env = "KENSA_AGENT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
     /// Accept any backend certificate (testing only).
     #[arg(long, env = "KENSA_AGENT_INSECURE_SKIP_TLS_VERIFY", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub insecure_skip_tls_verify: Option<bool>,
@@ -248,6 +255,8 @@ struct FileConfig {
     assets_burst_limit: Option<u32>,
     allow_list: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
     insecure_skip_tls_verify: Option<bool>,
     retry_min: Option<DurationValue>,
     retry_max: Option<DurationValue>,
@@ -328,6 +337,8 @@ pub struct AgentConfig {
     /// `allow-list`, loaded and validated; `None`: every command may run.
     pub allow_list: Option<Arc<AllowList>>,
     pub trusted_ca_file: Option<PathBuf>,
+    /// `cert-file` and `key-file`: a client certificate replaces the password.
+    pub client_certificate: Option<ClientCertificate>,
     pub insecure_skip_tls_verify: bool,
     pub retry: RetryPolicy,
     pub handshake_timeout: Duration,
@@ -443,6 +454,61 @@ fn duration(
         (None, None) => return Ok(default),
     };
     parsed.map_err(|message| invalid(option, message))
+}
+
+/// `cert-file` and `key-file`: the agent's client certificate (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ClientCertificate {
+    /// Reads the certificate chain and its private key; errors name the option at fault.
+    pub fn load(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        ConfigError,
+    > {
+        let read = |option: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|err| invalid(option, format!("reading {}: {err}", path.display())))
+        };
+        let cert_pem = read("cert-file", &self.cert_file)?;
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| {
+                invalid(
+                    "cert-file",
+                    format!("{} is not PEM: {err}", self.cert_file.display()),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "cert-file",
+                format!("{} holds no certificate", self.cert_file.display()),
+            ));
+        }
+        let key_pem = read("key-file", &self.key_file)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|err| {
+                invalid(
+                    "key-file",
+                    format!("{} is not PEM: {err}", self.key_file.display()),
+                )
+            })?
+            .ok_or_else(|| {
+                invalid(
+                    "key-file",
+                    format!("{} holds no private key", self.key_file.display()),
+                )
+            })?;
+        Ok((certs, key))
+    }
 }
 
 /// `ws://host` → `ws://host:8081`; refuses other schemes.
@@ -651,6 +717,29 @@ impl StartArgs {
                 ));
             }
         }
+        let client_certificate = match (
+            self.cert_file.clone().or(file.cert_file.clone()),
+            self.key_file.clone().or(file.key_file.clone()),
+        ) {
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("key-file", "cert-file needs its key-file")),
+            (None, Some(_)) => return Err(invalid("cert-file", "key-file needs its cert-file")),
+            (Some(cert_file), Some(key_file)) => {
+                let certificate = ClientCertificate {
+                    cert_file,
+                    key_file,
+                };
+                certificate.load()?;
+                if !backend_urls.iter().any(|url| url.starts_with("wss://")) {
+                    return Err(invalid(
+                        "cert-file",
+                        "a client certificate is only presented to wss:// backends; \
+                         no backend-url is wss://",
+                    ));
+                }
+                Some(certificate)
+            }
+        };
         let assets_rate_limit = pick!(assets_rate_limit, DEFAULT_ASSETS_RATE_LIMIT);
         if !(assets_rate_limit.is_finite() && assets_rate_limit > 0.0) {
             return Err(invalid("assets-rate-limit", "must be greater than 0"));
@@ -720,6 +809,7 @@ impl StartArgs {
             assets_burst_limit,
             allow_list,
             trusted_ca_file,
+            client_certificate,
             insecure_skip_tls_verify,
             retry,
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
@@ -889,6 +979,23 @@ mod tests {
                 &["--trusted-ca-file", "/nonexistent/ca.pem"],
                 "trusted-ca-file:",
             ),
+            (
+                &["--cert-file", "/etc/agent.pem"],
+                "key-file: cert-file needs",
+            ),
+            (
+                &["--key-file", "/etc/agent.key"],
+                "cert-file: key-file needs",
+            ),
+            (
+                &[
+                    "--cert-file",
+                    "/nonexistent/a.pem",
+                    "--key-file",
+                    "/nonexistent/a.key",
+                ],
+                "cert-file: reading /nonexistent/a.pem",
+            ),
             (&["--assets-rate-limit", "0"], "assets-rate-limit:"),
             (&["--assets-burst-limit", "0"], "assets-burst-limit:"),
             (
@@ -906,6 +1013,69 @@ mod tests {
         let file = write_file(&dir, "backend-urls: ws://x\n");
         let err = parse(&["-c", &file]).resolve().unwrap_err().to_string();
         assert!(err.contains("backend-urls"), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_is_read_and_needs_a_wss_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["web-1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let (cert_arg, key_arg) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+
+        let config = parse(&[
+            "--backend-url",
+            "wss://b1:8081",
+            "--cert-file",
+            cert_arg,
+            "--key-file",
+            key_arg,
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.client_certificate,
+            Some(ClientCertificate {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            })
+        );
+        let file = write_file(
+            &dir,
+            &format!("backend-url: [wss://b1:8081]\ncert-file: {cert_arg}\nkey-file: {key_arg}\n"),
+        );
+        let from_file = parse(&["-c", &file]).resolve().unwrap();
+        assert_eq!(from_file.client_certificate, config.client_certificate);
+
+        let err = parse(&["--cert-file", cert_arg, "--key-file", key_arg])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cert-file: a client certificate is only presented to wss://"),
+            "{err}"
+        );
+        // The two files swapped: the key file holds no certificate.
+        let err = parse(&[
+            "--backend-url",
+            "wss://b1:8081",
+            "--cert-file",
+            key_arg,
+            "--key-file",
+            cert_arg,
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("cert-file:") && err.contains("no certificate"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub enum TransportError {
     TrustedCa { path: String, message: String },
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cert-file and key-file do not form a usable client certificate: {0}")]
+    ClientCertificate(rustls::Error),
 }
 
 /// Why one connection attempt failed.
@@ -88,8 +92,8 @@ pub enum TransportError {
 enum ConnectError {
     #[error("backend is overloaded (HTTP 429)")]
     Overloaded,
-    #[error("backend refused the connection: HTTP {0}")]
-    Refused(StatusCode),
+    #[error("backend refused the connection: HTTP {0}: {1}")]
+    Refused(StatusCode, String),
     #[error("handshake timed out after {0:?}")]
     Timeout(Duration),
     #[error("invalid request header {0}")]
@@ -155,19 +159,28 @@ impl BackendSelector {
 }
 
 /// Builds the TLS client configuration for `wss://` backends: roots from `trusted-ca-file`
-/// only, or no verification at all with `insecure-skip-tls-verify`.
+/// only, or no verification at all with `insecure-skip-tls-verify`; the client certificate of
+/// `cert-file`/`key-file` when set.
 pub fn tls_config(config: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
+    let client_certificate = config
+        .client_certificate
+        .as_ref()
+        .map(|certificate| certificate.load())
+        .transpose()?;
     if config.insecure_skip_tls_verify {
         let verifier = Arc::new(AcceptAnyCertificate(provider));
-        return Ok(Arc::new(
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth(),
-        ));
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        return Ok(Arc::new(match client_certificate {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs, key)
+                .map_err(TransportError::ClientCertificate)?,
+            None => builder.with_no_client_auth(),
+        }));
     }
     let mut roots = rustls::RootCertStore::empty();
     if let Some(path) = &config.trusted_ca_file {
@@ -190,9 +203,11 @@ pub fn tls_config(config: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, Tra
     {
         tracing::warn!("wss:// backend without trusted-ca-file: no certificate will be trusted");
     }
-    Ok(Arc::new(
-        builder.with_root_certificates(roots).with_no_client_auth(),
-    ))
+    let builder = builder.with_root_certificates(roots);
+    Ok(Arc::new(match client_certificate {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
+        None => builder.with_no_client_auth(),
+    }))
 }
 
 /// `insecure-skip-tls-verify`: any certificate is accepted; handshake signatures are still
@@ -250,6 +265,9 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
 struct Settings {
     user: String,
     password: String,
+    /// False with a client certificate: it authenticates the agent and, as with Sensu, no
+    /// password is sent.
+    send_password: bool,
     retry: RetryPolicy,
     handshake_timeout: Duration,
     heartbeat_interval: Duration,
@@ -294,6 +312,7 @@ impl ConnectionManager {
             settings: Settings {
                 user: config.user.clone(),
                 password: config.password.clone(),
+                send_password: config.client_certificate.is_none(),
                 retry: config.retry,
                 handshake_timeout: config.handshake_timeout,
                 heartbeat_interval: config.heartbeat_interval,
@@ -363,9 +382,7 @@ impl ConnectionManager {
     async fn connect(&self, url: &str) -> Result<Socket, ConnectError> {
         let mut request = url.into_client_request()?;
         let subscriptions = self.entity.local_subscriptions().join(",");
-        let credentials = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", self.settings.user, self.settings.password));
-        let headers = [
+        let mut headers = vec![
             (
                 kensa_proto::HEADER_AGENT_NAME,
                 self.entity.name().to_owned(),
@@ -375,16 +392,20 @@ impl ConnectionManager {
                 self.entity.namespace().to_owned(),
             ),
             (kensa_proto::HEADER_SUBSCRIPTIONS, subscriptions),
-            (kensa_proto::HEADER_USER, self.settings.user.clone()),
             (
                 kensa_proto::HEADER_PROTOCOL,
                 kensa_proto::PROTOCOL_VERSION.to_string(),
             ),
-            (
+        ];
+        if self.settings.send_password {
+            let credentials = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.settings.user, self.settings.password));
+            headers.push((kensa_proto::HEADER_USER, self.settings.user.clone()));
+            headers.push((
                 header::AUTHORIZATION.as_str(),
                 format!("Basic {credentials}"),
-            ),
-        ];
+            ));
+        }
         for (name, value) in headers {
             let value = HeaderValue::from_str(&value).map_err(|_| ConnectError::Header(name))?;
             request.headers_mut().insert(name, value);
@@ -410,7 +431,16 @@ impl ConnectionManager {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS {
                     Err(ConnectError::Overloaded)
                 } else {
-                    Err(ConnectError::Refused(response.status()))
+                    // The backend says why (bad credentials, a certificate naming another agent…).
+                    let reason = response
+                        .body()
+                        .as_deref()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
+                    Err(ConnectError::Refused(response.status(), reason))
                 }
             }
             Ok(Err(err)) => Err(err.into()),

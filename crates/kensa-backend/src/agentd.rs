@@ -1,5 +1,6 @@
 //! Agent sessions (reference §1): the WebSocket endpoint agents connect to, the handshake
-//! (Basic credentials, RBAC `create events`, namespace), and one session per connection.
+//! (Basic credentials or a verified client certificate, RBAC `create events`, namespace), and
+//! one session per connection.
 //!
 //! A session is two tasks. The **reader** decodes frames and never waits on another service:
 //! keepalives go to keepalived's lane, events to their eventd shard with `try_submit` — when a
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,11 +41,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::rbac;
+use crate::auth::{rbac, Caller};
 use crate::dispatch::{Dispatcher, Frame, SessionHandle, SessionId};
 use crate::eventd::{AckBatch, AckTarget, Eventd, Origin, Submission};
 use crate::keepalived::Keepalived;
 use crate::telemetry::{ReasonLabels, Telemetry};
+use crate::tls::{CertificateNames, Peer};
 use crate::view::ConfigView;
 
 /// Check requests waiting to be written to one agent.
@@ -62,6 +64,8 @@ const SOCKET_READ_BUFFER: usize = 8 * 1024;
 const DEFER_WINDOW: Duration = Duration::from_millis(100);
 /// When an agent whose events were deferred is asked to send them again (it adds jitter).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The group of agents authenticated by a certificate whose name is no user's.
+const AGENTS_GROUP: &str = "system:agents";
 /// Most remembered credential digests before the cache is cleared.
 const AUTH_CACHE_LIMIT: usize = 100_000;
 
@@ -211,7 +215,89 @@ impl Agentd {
         session.pushed = Some(config);
     }
 
-    async fn handshake(&self, headers: &HeaderMap) -> Result<Hello, (StatusCode, String)> {
+    /// Basic credentials → the enabled user they verify as.
+    async fn password_caller(&self, headers: &HeaderMap) -> Result<Caller, (StatusCode, String)> {
+        let Some((username, password)) = crate::api::auth::basic_credentials(headers) else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "missing credentials: no Basic authorization and no verified client certificate"
+                    .into(),
+            ));
+        };
+        let user = self
+            .view
+            .get(&Key::new("users", "", &username))
+            .filter(|user| !user["disabled"].as_bool().unwrap_or(false))
+            .ok_or((StatusCode::UNAUTHORIZED, "bad credentials".to_owned()))?;
+        let stored_hash = user["password_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let digest: [u8; 32] =
+            Sha256::digest(format!("{username}\0{password}\0{stored_hash}")).into();
+        let known = self
+            .verified
+            .lock()
+            .expect("auth cache poisoned")
+            .contains(&digest);
+        if !known {
+            if !crate::auth::password::verify_blocking(password, stored_hash).await {
+                self.telemetry.auth_failures.inc();
+                return Err((StatusCode::UNAUTHORIZED, "bad credentials".into()));
+            }
+            let mut verified = self.verified.lock().expect("auth cache poisoned");
+            if verified.len() >= AUTH_CACHE_LIMIT {
+                verified.clear();
+            }
+            verified.insert(digest);
+        }
+        Ok(crate::api::auth::caller_for(&username, &user, false))
+    }
+
+    /// A verified client certificate (`tls.rs`) speaks for the names it carries: the agent
+    /// name must be its common name or one of its DNS names, so one host's certificate cannot
+    /// report as another. It authenticates as the user its common name names (with that
+    /// user's groups; refused when the user is disabled) or, when there is no such user, as
+    /// an agent of group `system:agents` — a fleet needs no user per host.
+    fn certificate_caller(
+        &self,
+        names: &CertificateNames,
+        agent: &str,
+    ) -> Result<Caller, (StatusCode, String)> {
+        if !names.names(agent) {
+            self.telemetry.auth_failures.inc();
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the client certificate (common name {:?}, DNS names {:?}) does not name agent {agent:?}",
+                    names.common_name.as_deref().unwrap_or_default(),
+                    names.dns_names
+                ),
+            ));
+        }
+        let username = names.common_name.as_deref().unwrap_or(agent);
+        match self.view.get(&Key::new("users", "", username)) {
+            Some(user) if user["disabled"].as_bool().unwrap_or(false) => {
+                self.telemetry.auth_failures.inc();
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    format!("user {username:?} is disabled"),
+                ))
+            }
+            Some(user) => Ok(crate::api::auth::caller_for(username, &user, false)),
+            None => Ok(crate::api::auth::caller_for(
+                username,
+                &json!({"groups": [AGENTS_GROUP]}),
+                false,
+            )),
+        }
+    }
+
+    async fn handshake(
+        &self,
+        headers: &HeaderMap,
+        peer: &Peer,
+    ) -> Result<Hello, (StatusCode, String)> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -242,37 +328,10 @@ impl Agentd {
             ns => ns,
         };
 
-        let Some((username, password)) = crate::api::auth::basic_credentials(headers) else {
-            return Err((StatusCode::UNAUTHORIZED, "missing credentials".into()));
+        let caller = match &peer.certificate {
+            Some(names) => self.certificate_caller(names, &agent)?,
+            None => self.password_caller(headers).await?,
         };
-        let user = self
-            .view
-            .get(&Key::new("users", "", &username))
-            .filter(|user| !user["disabled"].as_bool().unwrap_or(false))
-            .ok_or((StatusCode::UNAUTHORIZED, "bad credentials".to_owned()))?;
-        let stored_hash = user["password_hash"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let digest: [u8; 32] =
-            Sha256::digest(format!("{username}\0{password}\0{stored_hash}")).into();
-        let known = self
-            .verified
-            .lock()
-            .expect("auth cache poisoned")
-            .contains(&digest);
-        if !known {
-            if !crate::auth::password::verify_blocking(password, stored_hash).await {
-                self.telemetry.auth_failures.inc();
-                return Err((StatusCode::UNAUTHORIZED, "bad credentials".into()));
-            }
-            let mut verified = self.verified.lock().expect("auth cache poisoned");
-            if verified.len() >= AUTH_CACHE_LIMIT {
-                verified.clear();
-            }
-            verified.insert(digest);
-        }
-        let caller = crate::api::auth::caller_for(&username, &user, false);
         let allowed = rbac::allowed(
             self.view.as_ref(),
             &caller,
@@ -287,7 +346,10 @@ impl Agentd {
             self.telemetry.rbac_denials.inc();
             return Err((
                 StatusCode::FORBIDDEN,
-                format!("user {username:?} may not create events in namespace {namespace:?}"),
+                format!(
+                    "user {:?} may not create events in namespace {namespace:?}",
+                    caller.username
+                ),
             ));
         }
         if self
@@ -320,6 +382,7 @@ impl Agentd {
 
 async fn upgrade(
     State(agentd): State<Arc<Agentd>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -330,14 +393,14 @@ async fn upgrade(
         )
             .into_response();
     }
-    match agentd.handshake(&headers).await {
+    match agentd.handshake(&headers, &peer).await {
         Ok(hello) => ws
             .read_buffer_size(SOCKET_READ_BUFFER)
             .max_message_size(MAX_FRAME_BYTES)
             .max_frame_size(MAX_FRAME_BYTES)
             .on_upgrade(move |socket| run_session(agentd, hello, socket)),
         Err((status, message)) => {
-            tracing::info!(%status, %message, "agent handshake refused");
+            tracing::info!(peer = %peer.address, %status, %message, "agent handshake refused");
             (status, message).into_response()
         }
     }

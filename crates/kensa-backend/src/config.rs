@@ -95,6 +95,19 @@ pub struct StartArgs {
     pub key_file: Option<PathBuf>,
     #[arg(long, env = "KENSA_BACKEND_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
+    /// PEM certificate for the agent listener when it differs from `cert-file`.
+    #[arg(long, env = "KENSA_BACKEND_AGENT_AUTH_CERT_FILE")]
+    pub agent_auth_cert_file: Option<PathBuf>,
+    #[arg(long, env = "KENSA_BACKEND_AGENT_AUTH_KEY_FILE")]
+    pub agent_auth_key_file: Option<PathBuf>,
+    /// PEM CAs for client-certificate (mTLS) agent authentication: an agent presenting a
+    /// certificate they signed authenticates as the certificate's common name.
+    #[arg(long, env = "KENSA_BACKEND_AGENT_AUTH_TRUSTED_CA_FILE")]
+    pub agent_auth_trusted_ca_file: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER files, as paths or `file://` URLs) checked
+    /// against agent certificates; comma-separated or repeated.
+    #[arg(long, env = "KENSA_BACKEND_AGENT_AUTH_CRL_URLS", value_delimiter = ',')]
+    pub agent_auth_crl_urls: Vec<String>,
     /// `nats://…` for the NATS JetStream queue; empty for the in-process queue.
     #[arg(long, env = "KENSA_BACKEND_QUEUE_URL")]
     pub queue_url: Option<String>,
@@ -136,6 +149,10 @@ struct FileConfig {
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
+    agent_auth_cert_file: Option<PathBuf>,
+    agent_auth_key_file: Option<PathBuf>,
+    agent_auth_trusted_ca_file: Option<PathBuf>,
+    agent_auth_crl_urls: Option<StringList>,
     queue_url: Option<String>,
     queue_stream: Option<String>,
     log_level: Option<String>,
@@ -143,6 +160,23 @@ struct FileConfig {
     access_token_expiry: Option<u64>,
     refresh_token_expiry: Option<u64>,
     local_agent: Option<bool>,
+}
+
+/// A list option in the config file: a YAML list or one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    Many(Vec<String>),
+    One(String),
+}
+
+impl StringList {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            StringList::Many(items) => items.clone(),
+            StringList::One(joined) => joined.split(',').map(str::to_owned).collect(),
+        }
+    }
 }
 
 fn read_file_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -181,6 +215,8 @@ pub struct BackendConfig {
     pub dashboard_host: String,
     pub dashboard_port: u16,
     pub tls: Option<TlsFiles>,
+    /// The agent listener's own certificate and client-certificate authentication.
+    pub agent_tls: AgentTls,
     pub queue_url: Option<String>,
     /// The JetStream stream name (ignored by the in-process queue).
     pub queue_stream: String,
@@ -201,6 +237,44 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub trusted_ca_file: Option<PathBuf>,
+}
+
+/// The agent listener's TLS beyond `cert-file`/`key-file` (Sensu's `agent-auth-*` options).
+#[derive(Debug, Clone, Default)]
+pub struct AgentTls {
+    /// `agent-auth-cert-file`/`agent-auth-key-file`: the agent listener's certificate when it
+    /// is not the API's.
+    pub cert: Option<TlsFiles>,
+    /// `agent-auth-trusted-ca-file`: when set, agents may authenticate with a certificate
+    /// these CAs signed instead of a password.
+    pub client_ca_file: Option<PathBuf>,
+    /// `agent-auth-crl-urls`, as the local files they name.
+    pub crl_files: Vec<PathBuf>,
+}
+
+impl BackendConfig {
+    /// The certificate the agent listener serves, if it serves TLS.
+    pub fn agent_listener_tls(&self) -> Option<&TlsFiles> {
+        self.agent_tls.cert.as_ref().or(self.tls.as_ref())
+    }
+}
+
+/// `agent-auth-crl-urls` entries → files. Revocation lists are read from disk at startup;
+/// fetching them over HTTP is not built, and such a URL is refused rather than ignored.
+fn crl_files(urls: Vec<String>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+        let path = match url.strip_prefix("file://") {
+            Some(path) => path,
+            None if url.contains("://") => bail!(
+                "agent-auth-crl-urls: {url:?}: only local files are read (a path or file:// URL); \
+                 download the revocation list and name the file"
+            ),
+            None => url,
+        };
+        files.push(PathBuf::from(path));
+    }
+    Ok(files)
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kensa";
@@ -276,6 +350,7 @@ impl StartArgs {
             (None, None) => None,
             _ => bail!("cert-file and key-file must be given together"),
         };
+        let agent_tls = self.resolve_agent_tls(&file, tls.as_ref())?;
         let log_level = self
             .log_level
             .clone()
@@ -301,6 +376,7 @@ impl StartArgs {
                 .unwrap_or_else(|| "[::]".to_owned()),
             dashboard_port: self.dashboard_port.or(file.dashboard_port).unwrap_or(3000),
             tls,
+            agent_tls,
             queue_url: self
                 .queue_url
                 .clone()
@@ -330,6 +406,62 @@ impl StartArgs {
                     .unwrap_or(12 * 3600),
             ),
             bootstrap_admin: resolve_admin(&self.admin, &file),
+        })
+    }
+}
+
+impl StartArgs {
+    fn resolve_agent_tls(
+        &self,
+        file: &FileConfig,
+        api_tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<AgentTls> {
+        let cert_file = self
+            .agent_auth_cert_file
+            .clone()
+            .or(file.agent_auth_cert_file.clone());
+        let key_file = self
+            .agent_auth_key_file
+            .clone()
+            .or(file.agent_auth_key_file.clone());
+        let cert = match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                trusted_ca_file: self
+                    .trusted_ca_file
+                    .clone()
+                    .or(file.trusted_ca_file.clone()),
+            }),
+            (None, None) => None,
+            _ => bail!("agent-auth-cert-file and agent-auth-key-file must be given together"),
+        };
+        let client_ca_file = self
+            .agent_auth_trusted_ca_file
+            .clone()
+            .or(file.agent_auth_trusted_ca_file.clone());
+        let crl_urls = if self.agent_auth_crl_urls.is_empty() {
+            file.agent_auth_crl_urls
+                .as_ref()
+                .map(StringList::to_vec)
+                .unwrap_or_default()
+        } else {
+            self.agent_auth_crl_urls.clone()
+        };
+        let crl_files = crl_files(crl_urls)?;
+        if client_ca_file.is_some() && cert.is_none() && api_tls.is_none() {
+            bail!(
+                "agent-auth-trusted-ca-file needs TLS on the agent listener: give cert-file and \
+                 key-file (or agent-auth-cert-file and agent-auth-key-file)"
+            );
+        }
+        if !crl_files.is_empty() && client_ca_file.is_none() {
+            bail!("agent-auth-crl-urls needs agent-auth-trusted-ca-file");
+        }
+        Ok(AgentTls {
+            cert,
+            client_ca_file,
+            crl_files,
         })
     }
 }
@@ -390,5 +522,78 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(format!("{err:#}").contains("agent-prot"), "{err:#}");
+    }
+
+    #[test]
+    fn agent_certificate_authentication_is_checked_before_start() {
+        let tls = [
+            "--cert-file",
+            "/etc/kensa/cert.pem",
+            "--key-file",
+            "/etc/kensa/key.pem",
+        ];
+        // (with cert-file/key-file, the other flags, how the error starts)
+        let cases: &[(bool, &[&str], &str)] = &[
+            (
+                false,
+                &["--agent-auth-trusted-ca-file", "/etc/kensa/agents-ca.pem"],
+                "agent-auth-trusted-ca-file needs TLS on the agent listener",
+            ),
+            (
+                true,
+                &["--agent-auth-cert-file", "/etc/kensa/agent.pem"],
+                "agent-auth-cert-file and agent-auth-key-file must be given together",
+            ),
+            (
+                true,
+                &[
+                    "--agent-auth-trusted-ca-file",
+                    "/ca.pem",
+                    "--agent-auth-crl-urls",
+                    "http://ca.example.com/agents.crl",
+                ],
+                "agent-auth-crl-urls: \"http://ca.example.com/agents.crl\": only local files",
+            ),
+            (
+                true,
+                &["--agent-auth-crl-urls", "/etc/kensa/agents.crl"],
+                "agent-auth-crl-urls needs agent-auth-trusted-ca-file",
+            ),
+        ];
+        for (with_tls, args, expected) in cases {
+            let mut argv = vec!["kensa-backend", "start"];
+            if *with_tls {
+                argv.extend_from_slice(&tls);
+            }
+            argv.extend_from_slice(args);
+            let err = parse(&argv).resolve().unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{args:?}: {err}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backend.yml");
+        std::fs::write(
+            &file,
+            "agent-auth-cert-file: /etc/kensa/agent.pem\n\
+             agent-auth-key-file: /etc/kensa/agent.key\n\
+             agent-auth-trusted-ca-file: /etc/kensa/agents-ca.pem\n\
+             agent-auth-crl-urls: file:///etc/kensa/a.crl,/etc/kensa/b.crl\n",
+        )
+        .unwrap();
+        let config = parse(&["kensa-backend", "start", "-c", file.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert!(config.tls.is_none(), "the API stays plain");
+        assert_eq!(
+            config.agent_listener_tls().map(|t| t.cert_file.clone()),
+            Some(PathBuf::from("/etc/kensa/agent.pem"))
+        );
+        assert_eq!(
+            config.agent_tls.crl_files,
+            vec![
+                PathBuf::from("/etc/kensa/a.crl"),
+                PathBuf::from("/etc/kensa/b.crl")
+            ]
+        );
     }
 }

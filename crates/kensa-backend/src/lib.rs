@@ -17,6 +17,7 @@ pub mod scheduler;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 pub mod view;
 pub mod web;
 

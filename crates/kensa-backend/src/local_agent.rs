@@ -48,7 +48,8 @@ fn agent_config(
     config: &BackendConfig,
     agent_port: u16,
 ) -> Result<AgentConfig, kensa_agent::config::ConfigError> {
-    let (scheme, host) = if config.tls.is_some() {
+    let listener_tls = config.agent_listener_tls();
+    let (scheme, host) = if listener_tls.is_some() {
         ("wss", "localhost")
     } else {
         ("ws", "127.0.0.1")
@@ -63,7 +64,7 @@ fn agent_config(
         disable_api: Some(true),
         disable_sockets: Some(true),
         statsd_disable: Some(true),
-        trusted_ca_file: config.tls.as_ref().and_then(|t| t.trusted_ca_file.clone()),
+        trusted_ca_file: listener_tls.and_then(|t| t.trusted_ca_file.clone()),
         retry_min: Some("200ms".into()),
         retry_max: Some("10s".into()),
         log_level: Some(config.log_level.clone()),

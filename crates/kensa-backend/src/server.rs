@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use kensa_store::Store;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +15,7 @@ use crate::agentd::Agentd;
 use crate::api::{self, ApiSettings, AppState};
 use crate::bootstrap;
 use crate::cluster::{self, Membership};
-use crate::config::{BackendConfig, StoreLocation, TlsFiles};
+use crate::config::{BackendConfig, StoreLocation};
 use crate::dispatch::Dispatcher;
 use crate::eventd::{Eventd, FailingAgents};
 use crate::keepalived::Keepalived;
@@ -24,6 +23,7 @@ use crate::pipelined::{self, RecentOutcomes};
 use crate::rounds::{RoundOrders, RoundRobin};
 use crate::scheduler::Scheduler;
 use crate::telemetry::Telemetry;
+use crate::tls::{self, Peer, TlsListener};
 use crate::view::ConfigView;
 
 pub async fn open_store(location: &StoreLocation) -> anyhow::Result<Arc<dyn Store>> {
@@ -240,7 +240,23 @@ pub async fn run(
         outcomes,
         queue: queue_handle,
     };
-    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| tls::acceptor(files, "", None))
+        .transpose()?;
+    let agent_tls = match &config.agent_tls.cert {
+        Some(files) => Some(tls::acceptor(
+            files,
+            "agent-auth-",
+            Some(&config.agent_tls),
+        )?),
+        None => config
+            .tls
+            .as_ref()
+            .map(|files| tls::acceptor(files, "", Some(&config.agent_tls)))
+            .transpose()?,
+    };
     if config.local_agent {
         let agent_port = listeners.agent.local_addr()?.port();
         tasks.push(crate::local_agent::start(
@@ -272,7 +288,7 @@ pub async fn run(
         "agent",
         listeners.agent,
         agentd.router(),
-        tls.clone(),
+        agent_tls,
         shutdown.clone(),
     )?);
     let mut result = Ok(());
@@ -322,9 +338,15 @@ fn member_identity(
     api: SocketAddr,
     agent: SocketAddr,
 ) -> cluster::Identity {
-    let (http, ws) = match config.tls {
-        Some(_) => ("https", "wss"),
-        None => ("http", "ws"),
+    let http = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let ws = if config.agent_listener_tls().is_some() {
+        "wss"
+    } else {
+        "ws"
     };
     cluster::Identity::new(
         cluster::default_name(api.port()),
@@ -347,14 +369,14 @@ fn serve_http(
         match tls {
             None => {
                 tracing::info!(%address, "{name} listening (http)");
-                axum::serve(listener, app)
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await?;
             }
             Some(acceptor) => {
                 tracing::info!(%address, "{name} listening (https)");
                 let listener = TlsListener::spawn(listener, acceptor, shutdown.child_token());
-                axum::serve(listener, app)
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await?;
             }
@@ -387,96 +409,5 @@ async fn prune_change_feed(store: Arc<dyn Store>, shutdown: CancellationToken) {
             Ok(pruned) => tracing::debug!(pruned, "pruned the change feed"),
             Err(err) => tracing::warn!(%err, "could not prune the change feed"),
         }
-    }
-}
-
-fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    let cert_pem = std::fs::read(&files.cert_file)
-        .with_context(|| format!("reading cert-file {}", files.cert_file.display()))?;
-    let key_pem = std::fs::read(&files.key_file)
-        .with_context(|| format!("reading key-file {}", files.key_file.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("cert-file {} is not PEM", files.cert_file.display()))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("key-file {} is not PEM", files.key_file.display()))?
-        .with_context(|| format!("key-file {} holds no private key", files.key_file.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("cert-file and key-file do not form a usable certificate")?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// A TLS listener for `axum::serve`: an accept task hands raw connections to per-connection
-/// handshake tasks, so one slow or broken client never stalls the others. Finished handshakes
-/// queue in a bounded channel (when it is full, handshakes wait: back-pressure, not loss).
-struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-}
-
-impl TlsListener {
-    fn spawn(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        shutdown: CancellationToken,
-    ) -> TlsListener {
-        let local_addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let (tx, ready) = mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    );
-                    match handshake.await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(err)) => tracing::debug!(%peer, %err, "tls handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener { ready, local_addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            // The accept task ended (shutdown): wait for graceful shutdown to stop serving.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }

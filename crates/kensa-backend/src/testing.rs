@@ -67,6 +67,7 @@ impl TestServer {
             dashboard_host: "127.0.0.1".into(),
             dashboard_port,
             tls: None,
+            agent_tls: crate::config::AgentTls::default(),
             queue_url: None,
             queue_stream: crate::config::DEFAULT_QUEUE_STREAM.into(),
             log_level: "warn".into(),
@@ -81,17 +82,19 @@ impl TestServer {
             }),
         };
         adjust(&mut config);
-        let (url, agent_url, dashboard_url) = match config.tls {
+        let (url, dashboard_url) = match config.tls {
             Some(_) => (
                 format!("https://localhost:{}", address.port()),
-                format!("wss://localhost:{agent_port}"),
                 format!("https://localhost:{dashboard_port}"),
             ),
             None => (
                 format!("http://{address}"),
-                format!("ws://127.0.0.1:{agent_port}"),
                 format!("http://127.0.0.1:{dashboard_port}"),
             ),
+        };
+        let agent_url = match config.agent_listener_tls() {
+            Some(_) => format!("wss://localhost:{agent_port}"),
+            None => format!("ws://127.0.0.1:{agent_port}"),
         };
         let listeners = crate::server::Listeners {
             api: listener,
