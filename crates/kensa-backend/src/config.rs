@@ -336,20 +336,12 @@ impl StartArgs {
         let api_listen_address: SocketAddr = api_listen_address.parse().with_context(|| {
             format!("api-listen-address {api_listen_address:?} is not a host:port address")
         })?;
-        let cert_file = self.cert_file.clone().or(file.cert_file.clone());
-        let key_file = self.key_file.clone().or(file.key_file.clone());
-        let tls = match (cert_file, key_file) {
-            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-                cert_file,
-                key_file,
-                trusted_ca_file: self
-                    .trusted_ca_file
-                    .clone()
-                    .or(file.trusted_ca_file.clone()),
-            }),
-            (None, None) => None,
-            _ => bail!("cert-file and key-file must be given together"),
-        };
+        let tls = self.tls_files(
+            "",
+            self.cert_file.clone().or(file.cert_file.clone()),
+            self.key_file.clone().or(file.key_file.clone()),
+            &file,
+        )?;
         let agent_tls = self.resolve_agent_tls(&file, tls.as_ref())?;
         let log_level = self
             .log_level
@@ -411,20 +403,15 @@ impl StartArgs {
 }
 
 impl StartArgs {
-    fn resolve_agent_tls(
+    /// A certificate and key given together (or neither); `option` prefixes the option names.
+    fn tls_files(
         &self,
+        option: &str,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
         file: &FileConfig,
-        api_tls: Option<&TlsFiles>,
-    ) -> anyhow::Result<AgentTls> {
-        let cert_file = self
-            .agent_auth_cert_file
-            .clone()
-            .or(file.agent_auth_cert_file.clone());
-        let key_file = self
-            .agent_auth_key_file
-            .clone()
-            .or(file.agent_auth_key_file.clone());
-        let cert = match (cert_file, key_file) {
+    ) -> anyhow::Result<Option<TlsFiles>> {
+        Ok(match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(TlsFiles {
                 cert_file,
                 key_file,
@@ -434,8 +421,25 @@ impl StartArgs {
                     .or(file.trusted_ca_file.clone()),
             }),
             (None, None) => None,
-            _ => bail!("agent-auth-cert-file and agent-auth-key-file must be given together"),
-        };
+            _ => bail!("{option}cert-file and {option}key-file must be given together"),
+        })
+    }
+
+    fn resolve_agent_tls(
+        &self,
+        file: &FileConfig,
+        api_tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<AgentTls> {
+        let cert = self.tls_files(
+            "agent-auth-",
+            self.agent_auth_cert_file
+                .clone()
+                .or(file.agent_auth_cert_file.clone()),
+            self.agent_auth_key_file
+                .clone()
+                .or(file.agent_auth_key_file.clone()),
+            file,
+        )?;
         let client_ca_file = self
             .agent_auth_trusted_ca_file
             .clone()

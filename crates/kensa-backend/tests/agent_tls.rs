@@ -42,6 +42,31 @@ fn write_certificates(dir: &Path) -> String {
     ca.pem()
 }
 
+/// An API client of `server` (HTTPS, trusting `ca_pem`) logged in as the admin.
+async fn https_api(server: &TestServer, ca_pem: &str) -> Client {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let token = http
+        .get(format!("{}/auth", server.url))
+        .basic_auth(&server.admin_username, Some(&server.admin_password))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Client {
+        http,
+        base: server.url.clone(),
+        auth: Some(format!("Bearer {token}")),
+    }
+}
+
 struct RunningAgent {
     shutdown: CancellationToken,
     _agent: Agent,
@@ -98,27 +123,7 @@ async fn agents_reach_the_tls_agent_listener_only_when_they_trust_it() {
         "{}",
         server.agent_url
     );
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let token = http
-        .get(format!("{}/auth", server.url))
-        .basic_auth(&server.admin_username, Some(&server.admin_password))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let api = Client {
-        http,
-        base: server.url.clone(),
-        auth: Some(format!("Bearer {token}")),
-    };
+    let api = https_api(&server, &ca_pem).await;
     expect(
         api.put(
             "namespaces/default/checks/tls-probe",
@@ -344,29 +349,7 @@ async fn agents_authenticate_with_client_certificates_the_backend_trusts() {
     })
     .await
     .unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let mut api = Client {
-        http,
-        base: server.url.clone(),
-        auth: None,
-    };
-    let token = api
-        .http
-        .get(format!("{}/auth", server.url))
-        .basic_auth(&server.admin_username, Some(&server.admin_password))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    api.auth = Some(format!("Bearer {token}"));
+    let api = https_api(&server, &ca_pem).await;
     expect(
         api.put(
             "namespaces/default/checks/mtls-probe",
