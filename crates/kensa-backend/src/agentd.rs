@@ -106,6 +106,8 @@ struct Hello {
     namespace: String,
     agent: String,
     subscriptions: Vec<String>,
+    /// Where the agent connects from, for logs ([`client_address`]).
+    client: String,
 }
 
 impl Agentd {
@@ -376,6 +378,7 @@ impl Agentd {
             namespace,
             agent,
             subscriptions,
+            client: client_address(peer, headers),
         })
     }
 }
@@ -400,9 +403,25 @@ async fn upgrade(
             .max_frame_size(MAX_FRAME_BYTES)
             .on_upgrade(move |socket| run_session(agentd, hello, socket)),
         Err((status, message)) => {
-            tracing::info!(peer = %peer.address, %status, %message, "agent handshake refused");
+            let client = client_address(&peer, &headers);
+            tracing::info!(%client, %status, %message, "agent handshake refused");
             (status, message).into_response()
         }
+    }
+}
+
+/// The connection's remote address and, behind a proxy such as the nginx recipe in `deploy/`,
+/// the `X-Forwarded-For` it added: `10.0.0.2:51234 for 192.0.2.7`. For logs only — the
+/// header is whatever the connecting side says, so nothing is decided on it.
+fn client_address(peer: &Peer, headers: &HeaderMap) -> String {
+    match headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        Some(forwarded) => format!("{} for {forwarded}", peer.address),
+        None => peer.address.to_string(),
     }
 }
 
@@ -440,6 +459,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
         namespace,
         agent,
         mut subscriptions,
+        client,
     } = hello;
     let (mut sink, mut stream) = socket.split();
     let (request_tx, mut request_rx) = mpsc::channel::<Frame>(REQUEST_QUEUE);
@@ -482,7 +502,7 @@ async fn run_session(agentd: Arc<Agentd>, hello: Hello, socket: WebSocket) {
     agentd.eventd.residents().enter(&namespace, &agent);
     agentd.telemetry.agent_sessions.inc();
     agentd.telemetry.agent_connects.inc();
-    tracing::info!(namespace, agent, session = id, "agent connected");
+    tracing::info!(namespace, agent, session = id, %client, "agent connected");
 
     let writer = tokio::spawn(async move {
         loop {
@@ -678,5 +698,25 @@ fn scope_to_session(event: &mut Value, namespace: &str, agent: &str) {
     }
     if event["check"].is_object() {
         event["check"]["metadata"]["namespace"] = json!(namespace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_address_names_the_proxy_and_whom_it_forwards() {
+        let peer = Peer {
+            address: "10.0.0.2:51234".parse().unwrap(),
+            certificate: None,
+        };
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_address(&peer, &headers), "10.0.0.2:51234");
+        headers.insert("x-forwarded-for", "192.0.2.7".parse().unwrap());
+        assert_eq!(
+            client_address(&peer, &headers),
+            "10.0.0.2:51234 for 192.0.2.7"
+        );
     }
 }
