@@ -205,7 +205,9 @@ pub fn tls_config(config: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, Tra
     }
     let builder = builder.with_root_certificates(roots);
     Ok(Arc::new(match client_certificate {
-        Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(TransportError::ClientCertificate)?,
         None => builder.with_no_client_auth(),
     }))
 }

@@ -245,18 +245,16 @@ pub async fn run(
         .as_ref()
         .map(|files| tls::acceptor(files, "", None))
         .transpose()?;
-    let agent_tls = match &config.agent_tls.cert {
-        Some(files) => Some(tls::acceptor(
-            files,
-            "agent-auth-",
-            Some(&config.agent_tls),
-        )?),
-        None => config
-            .tls
-            .as_ref()
-            .map(|files| tls::acceptor(files, "", Some(&config.agent_tls)))
-            .transpose()?,
-    };
+    let agent_tls = config
+        .agent_listener_tls()
+        .map(|files| {
+            let option = match config.agent_tls.cert {
+                Some(_) => "agent-auth-",
+                None => "",
+            };
+            tls::acceptor(files, option, Some(&config.agent_tls))
+        })
+        .transpose()?;
     if config.local_agent {
         let agent_port = listeners.agent.local_addr()?.port();
         tasks.push(crate::local_agent::start(

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -61,24 +63,37 @@ pub fn acceptor(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match clients.and_then(|c| c.client_ca_file.as_deref().map(|ca| (ca, c))) {
+    let verifier = clients
+        .map(|clients| client_verifier(clients, provider))
+        .transpose()?
+        .flatten();
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
-        Some((ca_file, clients)) => {
-            let roots = read_client_cas(ca_file)?;
-            let crls = read_crls(&clients.crl_files)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(crls)
-                .only_check_end_entity_revocation()
-                .allow_unauthenticated()
-                .build()
-                .context("agent-auth-trusted-ca-file and agent-auth-crl-urls")?;
-            builder.with_client_cert_verifier(verifier)
-        }
     };
     let config = builder.with_single_cert(certs, key).with_context(|| {
         format!("{option}cert-file and {option}key-file do not form a usable certificate")
     })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The verifier of agents' client certificates; `None` without `agent-auth-trusted-ca-file`.
+fn client_verifier(
+    clients: &AgentTls,
+    provider: Arc<CryptoProvider>,
+) -> anyhow::Result<Option<Arc<dyn ClientCertVerifier>>> {
+    let Some(ca_file) = clients.client_ca_file.as_deref() else {
+        return Ok(None);
+    };
+    let roots = read_client_cas(ca_file)?;
+    let crls = read_crls(&clients.crl_files)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unauthenticated()
+        .build()
+        .context("agent-auth-trusted-ca-file and agent-auth-crl-urls")?;
+    Ok(Some(verifier))
 }
 
 fn read_client_cas(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
